@@ -1,0 +1,165 @@
+"""Structured-config schemas and their validation.
+
+Every configurable thing has a dataclass schema stored in Hydra's ConfigStore as
+`<group>/base_<name>`; the YAML files in `ttc.conf` extend those, so a misspelt key or a
+wrong type fails when Hydra composes the config. Ranges are declared in field metadata
+(`ge`, `gt`, `le`, `lt`, `choices`) and checked by `validate`, which names the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from ttc.errors import ConfigError
+
+
+def bounded(default: Any, *, help: str = "", **bounds: Any) -> Any:
+    """A dataclass field with a documented range, checked by `validate`.
+
+    `bounds` may hold `ge`, `gt`, `le`, `lt` (numbers) and `choices` (a list).
+    """
+    return field(default=default, metadata={"help": help, **bounds})
+
+
+@dataclass
+class BackendConfig:
+    name: str = MISSING
+    """Registered backend name (see `ttc plugins`)."""
+
+
+@dataclass
+class StrategyConfig:
+    name: str = MISSING
+    """Registered strategy name."""
+
+
+@dataclass
+class RewardConfig:
+    name: str = MISSING
+    """Registered reward model name (`none` for strategies that need no reward)."""
+    aggregate: str = bounded(
+        "last", choices=["last", "min", "prod", "mean"], help="how step scores become one score"
+    )
+
+
+@dataclass
+class AllocatorConfig:
+    name: str = MISSING
+
+
+@dataclass
+class TaskConfig:
+    name: str = MISSING
+    limit: int | None = bounded(None, ge=1, help="use only the first `limit` problems")
+    seed: int = 0
+    shuffle: bool = False
+
+
+@dataclass
+class StoreConfig:
+    url: str = "sqlite:///runs/ttc.db"
+    """SQLAlchemy URL of the run store (SQLite file by default; PostgreSQL for many workers)."""
+    echo: bool = False
+
+
+@dataclass
+class BudgetConfig:
+    """Per-problem limits (None: unlimited). Every unit is counted; set ones are enforced."""
+
+    samples: int | None = bounded(None, ge=1, help="sampled sequences")
+    tokens: int | None = bounded(None, ge=1, help="generated (completion) tokens")
+    prefill_tokens: int | None = bounded(None, ge=0, help="prefilled tokens net of cache hits")
+    reward_tokens: int | None = bounded(None, ge=0, help="tokens read by reward models")
+    reward_calls: int | None = bounded(None, ge=0, help="reward-model calls")
+    flops: float | None = bounded(None, gt=0, help="model FLOPs (policy, from the cost model)")
+    seconds: float | None = bounded(None, gt=0, help="wall seconds of the problem")
+
+
+@dataclass
+class SchedulerConfig:
+    max_batch_size: int = bounded(64, ge=1, help="requests per backend batch")
+    max_wait_ms: float = bounded(2.0, ge=0, help="how long a batch waits for more requests")
+
+
+@dataclass
+class RunConfig:
+    concurrency: int = bounded(32, ge=1, help="problems solved at the same time")
+    seed: int = 0
+    progress: bool = True
+    name: str | None = None
+
+
+@dataclass
+class RootConfig:
+    backend: Any = MISSING
+    strategy: Any = MISSING
+    reward: Any = MISSING
+    allocator: Any = MISSING
+    task: Any = MISSING
+    store: Any = MISSING
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    resume: str | None = None
+    """Id of an interrupted run to continue (its stored config is used)."""
+
+
+GROUP_BASES: dict[str, type] = {
+    "backend": BackendConfig,
+    "strategy": StrategyConfig,
+    "reward": RewardConfig,
+    "allocator": AllocatorConfig,
+    "task": TaskConfig,
+    "store": StoreConfig,
+}
+
+
+def check_bounds(obj: Any, prefix: str) -> None:
+    """Check the `bounded` metadata of a dataclass instance (recursively)."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            check_bounds(value, key)
+            continue
+        if value is None:
+            continue
+        meta = f.metadata
+        choices = meta.get("choices")
+        if choices is not None and value not in choices:
+            raise ConfigError(
+                f"{key}={value!r} is not valid; valid choices: {', '.join(map(str, choices))}",
+                key=key,
+                value=value,
+            )
+        for op, ok, words in (
+            ("ge", lambda v, b: v >= b, ">="),
+            ("gt", lambda v, b: v > b, ">"),
+            ("le", lambda v, b: v <= b, "<="),
+            ("lt", lambda v, b: v < b, "<"),
+        ):
+            if op in meta and not ok(value, meta[op]):
+                raise ConfigError(
+                    f"{key}={value!r} is out of range; it must be {words} {meta[op]}",
+                    key=key,
+                    value=value,
+                )
+
+
+def to_object(node: Any, key: str) -> Any:
+    """Turn a config node into its schema dataclass and check its ranges."""
+    if isinstance(node, DictConfig) and OmegaConf.get_type(node) not in (dict, None):
+        obj = OmegaConf.to_object(node)
+        check_bounds(obj, key)
+        return obj
+    return node
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check every group's and the root's ranges; raise `ConfigError` naming the key."""
+    for key in (*GROUP_BASES, "budget", "scheduler", "run"):
+        to_object(cfg[key], key)

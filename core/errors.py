@@ -1,0 +1,129 @@
+"""Every error ttc raises on purpose.
+
+Each carries a message (what was expected, what was found) and a `hint` (what to run
+next). The CLI prints `error: <message>` and `hint: <hint>` and exits with `exit_code`,
+never with a traceback.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class TtcError(Exception):
+    """Base of all ttc errors."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigError(TtcError):
+    """A configuration value is missing, misspelt, of the wrong type or out of range."""
+
+    exit_code = 2
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        key: str | None = None,
+        value: Any = None,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.key = key
+        self.value = value
+
+
+class UnknownNameError(ConfigError):
+    """A plugin-extensible thing (backend, strategy, ...) was chosen by a name nobody registered."""
+
+    def __init__(self, kind: str, name: str, choices: list[str]) -> None:
+        listed = ", ".join(sorted(choices)) or "(none registered)"
+        super().__init__(
+            f"unknown {kind} '{name}'; valid choices: {listed}",
+            key=kind,
+            value=name,
+            hint="run `ttc plugins` to see what is installed",
+        )
+        self.kind = kind
+        self.choices = sorted(choices)
+
+
+class PluginError(TtcError):
+    """A plugin failed to load, registered a clashing name, or implements an unknown hook."""
+
+    exit_code = 3
+
+    def __init__(self, message: str, *, plugin: str, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.plugin = plugin
+
+
+class PluginImportError(PluginError):
+    """A plugin's entry point could not be imported."""
+
+
+class DuplicateNameError(PluginError):
+    """Two plugins registered the same name for the same kind."""
+
+    def __init__(self, kind: str, name: str, *, first: str, second: str) -> None:
+        super().__init__(
+            f"{kind} '{name}' is registered by both plugin '{first}' and plugin '{second}'",
+            plugin=second,
+            hint="uninstall one of them, or limit loaded plugins with TTC_PLUGINS",
+        )
+        self.kind = kind
+        self.name = name
+        self.first = first
+        self.second = second
+
+
+class HookSpecError(PluginError):
+    """A plugin implements a hook that does not exist (usually a typo)."""
+
+
+class BudgetExceeded(TtcError):
+    """A call was refused because it would spend more than the problem's budget.
+
+    Strategies catch it and finish with the branches they have.
+    """
+
+    def __init__(self, unit: str, *, limit: float, spent: float, requested: float) -> None:
+        super().__init__(
+            f"budget exhausted in {unit}: limit {limit:g}, spent {spent:g}, "
+            f"call needs at least {requested:g}",
+            hint=f"raise budget.{unit} or choose a cheaper strategy",
+        )
+        self.unit = unit
+        self.limit = limit
+        self.spent = spent
+        self.requested = requested
+
+
+class BackendError(TtcError):
+    """A backend failed to produce generations."""
+
+
+class StoreError(TtcError):
+    """The run store cannot be opened, migrated or read."""
+
+
+class RunNotFoundError(StoreError):
+    def __init__(self, run_id: str) -> None:
+        super().__init__(
+            f"no run with id '{run_id}' in the store",
+            hint="list runs with `ttc runs list` (and check store.url)",
+        )
+        self.run_id = run_id
+
+
+class DataError(TtcError):
+    """A task's data could not be loaded or has the wrong fields."""

@@ -1,0 +1,217 @@
+"""Core value types that flow between strategies, the scheduler, backends and the store.
+
+They are small, typed and mostly frozen: a strategy builds a tree of `Branch` objects by
+awaiting `SolveContext.generate`, the scheduler turns those into `GenerateRequest` batches
+for a backend, and the store persists the tree and every `CallRecord`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+FinishReason = Literal["stop", "eos", "length", "error"]
+"""Why a generation ended: a stop string matched (`stop`), the model emitted its end token
+(`eos`), `max_tokens` ran out (`length`), or the branch failed (`error`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One task instance.
+
+    `messages` is a chat (role/content dicts) rendered with the model's chat template; a
+    base model without a template gets `prompt` (or the messages joined) instead.
+    """
+
+    id: str
+    messages: tuple[dict[str, str], ...] = ()
+    prompt: str | None = None
+    reference: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Sampling:
+    """Decoding parameters of one generate call.
+
+    `stop` strings end a generation when they appear in the new text; the matched string is
+    kept at the end of the text (so branch text concatenates faithfully).
+    """
+
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    max_tokens: int = 256
+    stop: tuple[str, ...] = ()
+    logprobs: bool = False
+    seed: int | None = None
+
+    def replace(self, **changes: Any) -> Sampling:
+        from dataclasses import replace
+
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """What one call cost, as the backend reports it."""
+
+    prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_s: float = 0.0
+
+    @property
+    def computed_prompt_tokens(self) -> int:
+        """Prompt tokens that were actually prefilled (net of prefix-cache hits)."""
+        return self.prompt_tokens - self.cached_prompt_tokens
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            prompt_tokens=self.prompt_tokens + other.prompt_tokens,
+            cached_prompt_tokens=self.cached_prompt_tokens + other.cached_prompt_tokens,
+            completion_tokens=self.completion_tokens + other.completion_tokens,
+            latency_s=max(self.latency_s, other.latency_s),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Generation:
+    """One sampled continuation."""
+
+    token_ids: tuple[int, ...]
+    text: str
+    finish_reason: FinishReason
+    logprobs: tuple[float, ...] | None = None
+    stop_reason: str | None = None
+    """The stop string that matched, when `finish_reason == "stop"`."""
+
+
+@dataclass(frozen=True, slots=True)
+class GenerateRequest:
+    """One prompt to continue `sampling.n` times.
+
+    `prompt_token_ids` is authoritative when set (search branches continue from the exact
+    tokens the model produced); `prompt` is the same prefix as text, for backends that
+    only take text.
+    """
+
+    prompt: str
+    prompt_token_ids: tuple[int, ...] | None
+    sampling: Sampling
+
+
+@dataclass(frozen=True, slots=True)
+class GenerateResult:
+    """The `n` generations for one request and what producing them cost."""
+
+    generations: tuple[Generation, ...]
+    usage: Usage
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreRequest:
+    """Score the steps of one branch.
+
+    `steps` are the branch's step texts in order; `scored_steps` of them already carry
+    scores from an earlier call, so an incremental reward model may score only the rest
+    (it still returns one score per step).
+    """
+
+    problem: Problem
+    prompt: str
+    steps: tuple[str, ...]
+    scored_steps: int = 0
+    finished: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreResult:
+    """One score per step in `[0, 1]` (higher is better) and the reward-model tokens used."""
+
+    step_scores: tuple[float, ...]
+    tokens: int = 0
+
+
+@dataclass(slots=True)
+class Branch:
+    """A node of the search tree: a partial or finished solution.
+
+    Branches are created by `SolveContext.generate`; strategies read them and may set
+    `selected` and `extra`. `step_texts` are the texts of the steps from the root, the
+    last one being what the newest generation produced.
+    """
+
+    id: int
+    parent_id: int | None
+    step: int
+    token_ids: tuple[int, ...]
+    step_texts: tuple[str, ...]
+    cum_logprob: float = 0.0
+    token_logprobs: tuple[float, ...] = ()
+    step_scores: tuple[float, ...] = ()
+    finished: bool = False
+    finish_reason: FinishReason | None = None
+    new_tokens: int = 0
+    answer: str | None = None
+    selected: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.step_texts)
+
+    @property
+    def score(self) -> float | None:
+        """The most recent aggregated score the context stored (see `SolveContext.score`)."""
+        value = self.extra.get("score")
+        return None if value is None else float(value)
+
+
+@dataclass(slots=True)
+class Solution:
+    """What a strategy returns: the chosen answer and the branch it came from."""
+
+    answer: str | None
+    branch: Branch | None = None
+    trace: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class CallRecord:
+    """One backend or reward call of one problem, as the store keeps it."""
+
+    seq: int
+    kind: Literal["generate", "score"]
+    status: Literal["ok", "refused", "error"]
+    n_requests: int
+    n_sequences: int
+    batch_size: int = 0
+    prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0
+    completion_tokens: int = 0
+    reward_tokens: int = 0
+    flops: float = 0.0
+    latency_s: float = 0.0
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelArchitecture:
+    """Shape of a decoder-only transformer, for the cost model."""
+
+    params: int
+    layers: int
+    hidden: int
+    heads: int
+    kv_heads: int
+    vocab: int
+    head_dim: int | None = None
+    intermediate: int | None = None
+    bytes_per_param: float = 4.0
+
+    @property
+    def dim_per_head(self) -> int:
+        return self.head_dim or self.hidden // self.heads

@@ -1,0 +1,37 @@
+"""ttc's built-in plugin: registers the shipped backends, strategies, reward models,
+allocators and tasks through the same hooks third-party plugins use.
+
+Imports of implementation modules stay inside the hooks' bodies' callees: those modules
+import torch and friends lazily, so loading this plugin is cheap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import ttc
+
+
+@ttc.hookimpl
+def register_backends(register: Callable[..., None]) -> None:
+    pass
+
+
+@ttc.hookimpl
+def register_strategies(register: Callable[..., None]) -> None:
+    pass
+
+
+@ttc.hookimpl
+def register_reward_models(register: Callable[..., None]) -> None:
+    pass
+
+
+@ttc.hookimpl
+def register_allocators(register: Callable[..., None]) -> None:
+    pass
+
+
+@ttc.hookimpl
+def register_tasks(register: Callable[..., None]) -> None:
+    pass
