@@ -215,3 +215,24 @@ class ModelArchitecture:
     @property
     def dim_per_head(self) -> int:
         return self.head_dim or self.hidden // self.heads
+
+
+@dataclass(slots=True)
+class ProblemResult:
+    """One finished problem: what the store writes in one transaction."""
+
+    index: int
+    problem: Problem
+    status: Literal["ok", "error"]
+    answer: str | None
+    correct: bool | None
+    pass_at_1: float | None
+    majority_correct: bool | None
+    oracle_correct: bool | None
+    spent: dict[str, float]
+    budget: dict[str, float | None]
+    branches: list[Branch]
+    calls: list[CallRecord]
+    n_leaves: int = 0
+    trace: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None

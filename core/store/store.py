@@ -1,0 +1,380 @@
+"""The run store: opening (with migrations), writing runs and problems, reading them back."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+from sqlalchemy import Engine, Float, case, cast, create_engine, event, func, select
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from ttc.errors import RunNotFoundError, StoreError
+from ttc.store.models import Call, Node, Result, Run
+from ttc.types import ProblemResult
+
+TOTAL_KEYS = (
+    "problems",
+    "errors",
+    "accuracy",
+    "pass_at_1",
+    "majority",
+    "oracle_pass_at_n",
+    "samples",
+    "tokens",
+    "prefill_tokens",
+    "cached_prompt_tokens",
+    "reward_tokens",
+    "flops",
+    "seconds",
+    "refused_calls",
+)
+"""Run totals: counts, mean accuracies over problems, and summed spending."""
+_MEANS = ("accuracy", "pass_at_1", "majority", "oracle_pass_at_n")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cur = dbapi_connection.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+def make_engine(url: str, *, echo: bool = False) -> Engine:
+    try:
+        engine = create_engine(url, echo=echo)
+    except (SQLAlchemyError, ImportError, ValueError) as exc:
+        raise StoreError(
+            f"cannot open the store at '{url}': {exc}",
+            hint="store.url takes a SQLAlchemy URL, e.g. sqlite:///runs/ttc.db or "
+            "postgresql+psycopg://user@host/db (pip install 'ttc[postgres]')",
+        ) from exc
+    if engine.dialect.name == "sqlite":
+        db = engine.url.database
+        if db and db != ":memory:":
+            Path(db).parent.mkdir(parents=True, exist_ok=True)
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def alembic_config(engine: Engine) -> Any:
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", "ttc.store:migrations")
+    cfg.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
+    return cfg
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Bring the store's schema to `revision` (Alembic)."""
+    from alembic import command
+
+    cfg = alembic_config(engine)
+    try:
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, revision)
+    except OperationalError as exc:
+        raise StoreError(
+            f"cannot migrate the store at '{engine.url}': {exc.orig}",
+            hint="check store.url and that the database server is reachable",
+        ) from exc
+
+
+class Store:
+    """A run store at a SQLAlchemy URL. Opening it applies pending migrations."""
+
+    def __init__(self, url: str, *, echo: bool = False, migrate: bool = True) -> None:
+        self.url = url
+        self.engine = make_engine(url, echo=echo)
+        if migrate:
+            upgrade(self.engine)
+        self._session = sessionmaker(self.engine, expire_on_commit=False)
+
+    def session(self) -> Session:
+        return self._session()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- runs -------------------------------------------------------------------------
+    def create_run(
+        self,
+        *,
+        config: dict[str, Any],
+        strategy: str,
+        backend: str,
+        model: str,
+        task: str,
+        reward: str,
+        versions: dict[str, Any],
+        hardware: dict[str, Any],
+        name: str | None = None,
+        sweep: str | None = None,
+        n_problems: int = 0,
+    ) -> str:
+        run_id = uuid.uuid4().hex[:12]
+        now = _now()
+        with self.session() as s, s.begin():
+            s.add(
+                Run(
+                    id=run_id,
+                    name=name,
+                    status="running",
+                    created_at=now,
+                    updated_at=now,
+                    finished_at=None,
+                    strategy=strategy,
+                    backend=backend,
+                    model=model,
+                    task=task,
+                    reward=reward,
+                    sweep=sweep,
+                    n_problems=n_problems,
+                    config=config,
+                    versions=versions,
+                    hardware=hardware,
+                    totals=None,
+                )
+            )
+        return run_id
+
+    def _run(self, s: Session, run_id: str) -> Run:
+        run = s.get(Run, run_id)
+        if run is None:
+            # allow unique prefixes, like git
+            rows = s.scalars(select(Run).where(Run.id.startswith(run_id))).all()
+            if len(rows) != 1:
+                raise RunNotFoundError(run_id)
+            run = rows[0]
+        return run
+
+    def resolve_id(self, run_id: str) -> str:
+        with self.session() as s:
+            return self._run(s, run_id).id
+
+    def get_run(self, run_id: str) -> dict[str, Any]:
+        with self.session() as s:
+            return _row(self._run(s, run_id))
+
+    def list_runs(self, *, limit: int = 50, status: str | None = None) -> list[dict[str, Any]]:
+        with self.session() as s:
+            q = select(Run).order_by(Run.created_at.desc()).limit(limit)
+            if status:
+                q = q.where(Run.status == status)
+            return [_row(r) for r in s.scalars(q)]
+
+    def set_status(self, run_id: str, status: str, *, error: str | None = None) -> None:
+        with self.session() as s, s.begin():
+            run = self._run(s, run_id)
+            run.status = status
+            run.updated_at = _now()
+            run.error = error
+            if status in ("finished", "failed"):
+                run.finished_at = _now()
+
+    def finish_run(self, run_id: str, status: str, *, error: str | None = None) -> dict[str, Any]:
+        """Store the run's status and its totals (computed from the stored problems)."""
+        totals = self.totals(run_id)
+        with self.session() as s, s.begin():
+            run = self._run(s, run_id)
+            run.totals = totals
+            run.status = status
+            run.error = error
+            run.updated_at = run.finished_at = _now()
+        return totals
+
+    # -- problems ---------------------------------------------------------------------
+    def finished_problem_ids(self, run_id: str) -> set[str]:
+        with self.session() as s:
+            return set(s.scalars(select(Result.problem_id).where(Result.run_id == run_id)))
+
+    def record_problem(self, run_id: str, r: ProblemResult) -> bool:
+        """Write one finished problem with its tree and calls in one transaction.
+
+        Returns False (and writes nothing) when the problem is already stored."""
+        sp = r.spent
+        result = Result(
+            run_id=run_id,
+            problem_id=r.problem.id,
+            problem_index=r.index,
+            status=r.status,
+            answer=r.answer,
+            reference=r.problem.reference,
+            correct=r.correct,
+            pass_at_1=r.pass_at_1,
+            majority_correct=r.majority_correct,
+            oracle_correct=r.oracle_correct,
+            n_branches=max(len(r.branches) - 1, 0),
+            n_leaves=r.n_leaves,
+            samples=int(sp.get("samples", 0)),
+            tokens=int(sp.get("tokens", 0)),
+            prompt_tokens=int(sp.get("prompt_tokens", 0)),
+            cached_prompt_tokens=int(sp.get("cached_prompt_tokens", 0)),
+            prefill_tokens=int(sp.get("prefill_tokens", 0)),
+            reward_tokens=int(sp.get("reward_tokens", 0)),
+            reward_calls=int(sp.get("reward_calls", 0)),
+            flops=float(sp.get("flops", 0.0)),
+            bytes=float(sp.get("bytes", 0.0)),
+            seconds=float(sp.get("seconds", 0.0)),
+            refused_calls=int(sp.get("refused_calls", 0)),
+            budget=r.budget,
+            trace=_jsonable(r.trace),
+            error=r.error,
+            created_at=_now(),
+        )
+        result.nodes = [
+            Node(
+                node_id=b.id,
+                parent_id=b.parent_id,
+                step=b.step,
+                text=b.step_texts[-1] if b.step_texts else "",
+                n_tokens=b.new_tokens,
+                cum_logprob=b.cum_logprob,
+                step_scores=[_finite(x) for x in b.step_scores],
+                score=_finite(b.score),
+                finished=b.finished,
+                finish_reason=b.finish_reason,
+                answer=b.answer,
+                selected=b.selected,
+                extra=_jsonable({k: v for k, v in b.extra.items() if k != "score"}) or None,
+            )
+            for b in r.branches
+        ]
+        result.calls = [
+            Call(
+                seq=c.seq,
+                kind=c.kind,
+                status=c.status,
+                n_requests=c.n_requests,
+                n_sequences=c.n_sequences,
+                batch_size=c.batch_size,
+                prompt_tokens=c.prompt_tokens,
+                cached_prompt_tokens=c.cached_prompt_tokens,
+                completion_tokens=c.completion_tokens,
+                reward_tokens=c.reward_tokens,
+                flops=c.flops,
+                latency_s=c.latency_s,
+                error=c.error,
+            )
+            for c in r.calls
+        ]
+        try:
+            with self.session() as s, s.begin():
+                s.add(result)
+                run = self._run(s, run_id)
+                run.updated_at = _now()
+        except IntegrityError:
+            return False
+        return True
+
+    def totals(self, run_id: str) -> dict[str, Any]:
+        R = Result
+        with self.session() as s:
+            run_id = self._run(s, run_id).id
+            row = s.execute(
+                select(
+                    func.count(R.id),
+                    func.sum(case((R.status == "error", 1), else_=0)),
+                    func.avg(cast(R.correct, Float)),
+                    func.avg(R.pass_at_1),
+                    func.avg(cast(R.majority_correct, Float)),
+                    func.avg(cast(R.oracle_correct, Float)),
+                    func.sum(R.samples),
+                    func.sum(R.tokens),
+                    func.sum(R.prefill_tokens),
+                    func.sum(R.cached_prompt_tokens),
+                    func.sum(R.reward_tokens),
+                    func.sum(R.flops),
+                    func.sum(R.seconds),
+                    func.sum(R.refused_calls),
+                ).where(R.run_id == run_id)
+            ).one()
+        totals: dict[str, Any] = {}
+        for k, v in zip(TOTAL_KEYS, row, strict=True):
+            if k in _MEANS:
+                totals[k] = None if v is None else round(float(v), 6)
+            elif k in ("flops", "seconds"):
+                totals[k] = round(float(v or 0.0), 6)
+            else:
+                totals[k] = int(v or 0)
+        return totals
+
+    def results(self, run_id: str) -> list[dict[str, Any]]:
+        with self.session() as s:
+            run_id = self._run(s, run_id).id
+            q = select(Result).where(Result.run_id == run_id).order_by(Result.problem_index)
+            return [_row(r) for r in s.scalars(q)]
+
+    def nodes(self, run_id: str, problem_id: str) -> list[dict[str, Any]]:
+        with self.session() as s:
+            run_id = self._run(s, run_id).id
+            q = (
+                select(Node)
+                .join(Result, Node.result_id == Result.id)
+                .where(Result.run_id == run_id, Result.problem_id == problem_id)
+                .order_by(Node.node_id)
+            )
+            return [_row(n) for n in s.scalars(q)]
+
+    def calls(self, run_id: str, problem_id: str | None = None) -> list[dict[str, Any]]:
+        with self.session() as s:
+            run_id = self._run(s, run_id).id
+            q = (
+                select(Call, Result.problem_id)
+                .join(Result, Call.result_id == Result.id)
+                .where(Result.run_id == run_id)
+                .order_by(Result.problem_index, Call.seq)
+            )
+            if problem_id is not None:
+                q = q.where(Result.problem_id == problem_id)
+            return [{**_row(c), "problem_id": pid} for c, pid in s.execute(q)]
+
+    # -- export -----------------------------------------------------------------------
+    def export(self, run_id: str, out: IO[str], *, fmt: str = "jsonl") -> int:
+        """Write one row per problem (JSON Lines or CSV); return the row count."""
+        rows = self.results(run_id)
+        if fmt == "jsonl":
+            for row in rows:
+                out.write(json.dumps(row, default=str) + "\n")
+        elif fmt == "csv":
+            if rows:
+                writer = csv.DictWriter(out, fieldnames=list(rows[0]))
+                writer.writeheader()
+                for row in rows:
+                    writer.writerow(
+                        {
+                            k: json.dumps(v) if isinstance(v, dict | list) else v
+                            for k, v in row.items()
+                        }
+                    )
+        else:
+            raise StoreError(f"unknown export format '{fmt}'; valid choices: jsonl, csv")
+        return len(rows)
+
+
+def _row(obj: Any) -> dict[str, Any]:
+    return {c.key: getattr(obj, c.key) for c in obj.__table__.columns}
+
+
+def _finite(x: float | None) -> float | None:
+    if x is None:
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def _jsonable(value: Any) -> Any:
+    """Round-trip through JSON so that only plain data reaches the JSON columns."""
+    return json.loads(json.dumps(value, default=str))
