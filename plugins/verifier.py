@@ -113,13 +113,16 @@ def extract_answer(text: str | None, *, fallback_to_last_number: bool = True) ->
 
 # -- normalisation ------------------------------------------------------------------------
 
-_TEXT_CMD_RE = re.compile(r"\\(?:text|textbf|textit|mathrm|mathbf|mbox|operatorname)\s*\{([^{}]*)\}")
+_TEXT_CMD_RE = re.compile(
+    r"\\(?:text|textbf|textit|mathrm|mathbf|mbox|operatorname)\s*\{([^{}]*)\}"
+)
 _DEGREE_RE = re.compile(r"\^\s*\{?\s*\\circ\s*\}?")
 _VAR_PREFIX_RE = re.compile(r"^[a-zA-Z]\s*=(?!=)")
 _INT_RE = re.compile(r"[+-]?(?:\d{1,3}(?:,\d{3})+|\d+)")
 _DECIMAL_RE = re.compile(r"[+-]?(?:\d{1,3}(?:,\d{3})+|\d+)?\.\d+|[+-]?\d+\.")
 _SLASH_RE = re.compile(r"([+-]?\d+)/([+-]?\d+)")
-_FRAC_RE = re.compile(r"([+-]?)\\frac\s*(?:\{\s*([+-]?\d+)\s*\}|(\d))\s*(?:\{\s*([+-]?\d+)\s*\}|(\d))")
+_FRAC_ARG = r"(?:\{\s*([+-]?\d+)\s*\}|(\d))"  # "{12}" or a single digit ("\frac12")
+_FRAC_RE = re.compile(r"([+-]?)\\frac\s*" + _FRAC_ARG + r"\s*" + _FRAC_ARG)
 
 
 def clean(answer: str) -> str:
