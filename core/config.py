@@ -159,6 +159,22 @@ def to_object(node: Any, key: str) -> Any:
     return node
 
 
+def instantiate_config(schema: type, node: Any, key: str) -> Any:
+    """Build the `schema` dataclass from a config node (structured or plain), checking
+    types and ranges; errors name `key`."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), node)
+        obj = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as exc:
+        full = getattr(exc, "full_key", None)
+        where = f"{key}.{full}" if full else key
+        raise ConfigError(f"invalid value under {where}: {exc.msg}", key=where) from exc
+    check_bounds(obj, key)
+    return obj
+
+
 def validate(cfg: DictConfig) -> None:
     """Check every group's and the root's ranges; raise `ConfigError` naming the key."""
     for key in (*GROUP_BASES, "budget", "scheduler", "run"):

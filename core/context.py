@@ -88,6 +88,20 @@ class SolveContext:
     def has_reward(self) -> bool:
         return self.scheduler.reward is not None
 
+    @property
+    def wants_logprobs(self) -> bool:
+        reward = self.scheduler.reward
+        return reward is not None and reward.needs_logprobs
+
+    def path(self, branch: Branch) -> list[Branch]:
+        """The branches from the root's first child down to `branch`."""
+        chain = []
+        node: Branch | None = branch
+        while node is not None and node.parent_id is not None:
+            chain.append(node)
+            node = self.branches.get(node.parent_id)
+        return chain[::-1]
+
     async def generate(self, branches: Sequence[Branch], sampling: Sampling) -> list[Branch]:
         """Continue every branch `sampling.n` times; return the children, grouped by parent
         in order. Raises `BudgetExceeded` (nothing spent) when the budget cannot cover even
@@ -96,6 +110,8 @@ class SolveContext:
         `BackendError` is raised."""
         if not branches:
             return []
+        if self.wants_logprobs and not sampling.logprobs:
+            sampling = sampling.replace(logprobs=True)
         base = len(self.prompt_ids)
         prompt_lens = [base + len(b.token_ids) for b in branches]
         sequences = len(branches) * sampling.n
@@ -214,6 +230,9 @@ class SolveContext:
                 steps=b.step_texts,
                 scored_steps=min(len(b.step_scores), len(b.step_texts)),
                 finished=b.finished,
+                step_logprobs=(
+                    tuple(n.token_logprobs for n in self.path(b)) if self.wants_logprobs else None
+                ),
             )
             for b in branches
         ]

@@ -90,8 +90,10 @@ class RewardModel(abc.ABC):
     name: ClassVar[str] = ""
     is_oracle: ClassVar[bool] = False
     needs_backend: ClassVar[bool] = False
-    """True when the constructor takes `(config, backend=...)` (e.g. the policy's own
-    logprobs or an LLM judge)."""
+    """True when the constructor takes `(config, backend=...)` (e.g. an LLM judge)."""
+    needs_logprobs: ClassVar[bool] = False
+    """True when scores are read from the policy's token logprobs: generations are then
+    requested with `logprobs=True`."""
 
     def __init__(self, config: Any) -> None:
         self.config = config

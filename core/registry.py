@@ -265,13 +265,15 @@ def store_configs(registry: Registry | None = None) -> None:
     from hydra.core.config_store import ConfigStore
     from omegaconf import OmegaConf
 
-    from ttc.config import RootConfig
+    from ttc.config import RewardConfig, RootConfig, StoreConfig
 
     registry = registry or get_registry()
     if _stored:
         return
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=RootConfig)
+    cs.store(group="store", name="base_store", node=StoreConfig)
+    cs.store(group="reward", name="base_none", node=RewardConfig(name="none"))
     for kind, entries in registry.entries.items():
         for name, reg in entries.items():
             cs.store(group=kind, name=f"base_{name}", node=reg.config_cls)

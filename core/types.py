@@ -125,6 +125,9 @@ class ScoreRequest:
     steps: tuple[str, ...]
     scored_steps: int = 0
     finished: bool = False
+    step_logprobs: tuple[tuple[float, ...], ...] | None = None
+    """Token logprobs of each step, when the generations carried them (for rewards that
+    read the policy's own confidence)."""
 
 
 @dataclass(frozen=True, slots=True)

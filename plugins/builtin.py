@@ -19,17 +19,25 @@ def register_backends(register: Callable[..., None]) -> None:
 
 @ttc.hookimpl
 def register_strategies(register: Callable[..., None]) -> None:
-    pass
+    from ttc.strategies.beam_search import BeamSearch, BeamSearchConfig
+    from ttc.strategies.best_of_n import BestOfN, BestOfNConfig
+
+    register(BestOfN, BestOfNConfig)
+    register(BeamSearch, BeamSearchConfig)
 
 
 @ttc.hookimpl
 def register_reward_models(register: Callable[..., None]) -> None:
-    pass
+    from ttc.plugins.rewards.self_certainty import SelfCertainty, SelfCertaintyConfig
+
+    register(SelfCertainty, SelfCertaintyConfig)
 
 
 @ttc.hookimpl
 def register_allocators(register: Callable[..., None]) -> None:
-    pass
+    from ttc.plugins.allocators.fixed import FixedAllocator, FixedAllocatorConfig
+
+    register(FixedAllocator, FixedAllocatorConfig)
 
 
 @ttc.hookimpl

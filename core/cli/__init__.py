@@ -1,1 +1,23 @@
-"""ttc cli."""
+"""The `ttc` command line: one module per command group, each thin over library calls."""
+
+from __future__ import annotations
+
+import typer
+
+from ttc.cli import db, plugins, run, runs
+
+app = typer.Typer(
+    name="ttc",
+    help="Test-time compute for LLMs: search, verify, count every token, store every run.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+run.register(app)
+plugins.register(app)
+app.add_typer(runs.app, name="runs")
+app.add_typer(db.app, name="db")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,90 @@
+"""`ttc runs`: list, show and export stored runs."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from ttc.cli._common import StoreOption, console, errors_to_exit, fmt, store_url, totals_table
+
+app = typer.Typer(help="Query the run store.", no_args_is_help=True)
+
+
+@app.command("list")
+def list_runs(
+    store: StoreOption = None,
+    limit: Annotated[int, typer.Option(min=1, help="newest N runs")] = 20,
+    status: Annotated[str | None, typer.Option(help="only runs with this status")] = None,
+) -> None:
+    """List runs, newest first."""
+    from ttc.store import Store
+
+    with errors_to_exit():
+        rows = Store(store_url(store)).list_runs(limit=limit, status=status)
+        table = Table(title="runs")
+        for col in ("id", "created", "status", "strategy", "model", "task", "problems", "accuracy"):
+            table.add_column(col)
+        for r in rows:
+            t = r["totals"] or {}
+            table.add_row(
+                r["id"],
+                r["created_at"].strftime("%Y-%m-%d %H:%M:%S"),
+                r["status"],
+                r["strategy"],
+                r["model"],
+                r["task"],
+                f"{t.get('problems', 0)}/{r['n_problems']}",
+                fmt(t.get("accuracy"), "accuracy"),
+            )
+        console.print(table)
+
+
+@app.command("show")
+def show(
+    run_id: Annotated[str, typer.Argument(help="run id (a unique prefix is enough)")],
+    store: StoreOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Show a run's config summary and totals (recomputed from its stored problems)."""
+    from ttc.store import Store
+
+    with errors_to_exit():
+        st = Store(store_url(store))
+        run = st.get_run(run_id)
+        totals = st.totals(run["id"])
+        if as_json:
+            console.print_json(json.dumps({**run, "totals": totals}, default=str))
+            return
+        console.print(
+            f"strategy={run['strategy']} backend={run['backend']} model={run['model']} "
+            f"task={run['task']} reward={run['reward']} status={run['status']}",
+            highlight=False,
+        )
+        console.print(totals_table(run["id"], totals, status=run["status"]))
+
+
+@app.command("export")
+def export(
+    run_id: Annotated[str, typer.Argument(help="run id (a unique prefix is enough)")],
+    fmt_: Annotated[str, typer.Option("--format", help="jsonl or csv")] = "jsonl",
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="file to write (default: stdout)")
+    ] = None,
+    store: StoreOption = None,
+) -> None:
+    """Export one row per problem of a run."""
+    from ttc.store import Store
+
+    with errors_to_exit():
+        st = Store(store_url(store))
+        if output is None:
+            st.export(run_id, sys.stdout, fmt=fmt_)
+            return
+        with output.open("w", newline="") as fh:
+            n = st.export(run_id, fh, fmt=fmt_)
+        console.print(f"wrote {n} rows to {output}")

@@ -1,0 +1,150 @@
+"""Composing configs and launching runs through Hydra.
+
+`launch(overrides)` is what `ttc run` calls: it validates every job of the request up
+front (so a typo fails in one clear line before anything runs), then hands the overrides
+to a `@hydra.main` entry so that Hydra's own features (multirun sweeps, launchers, run
+directories) work as Hydra users expect. Every job writes to the configured store.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from omegaconf import DictConfig
+
+from ttc.config import validate
+from ttc.errors import ConfigError, TtcError
+from ttc.registry import get_registry, store_configs
+
+CONFIG_MODULE = "ttc.conf"
+CONFIG_NAME = "config"
+MULTIRUN_FLAGS = ("-m", "--multirun")
+
+
+def compose(overrides: Sequence[str] = ()) -> DictConfig:
+    """Compose and validate the config for one job (no Hydra run directory, no logging)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    store_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+        try:
+            cfg = hydra_compose(config_name=CONFIG_NAME, overrides=list(overrides))
+        except Exception as exc:
+            raise explain_compose_error(exc, overrides) from exc
+        validate(cfg)
+        return cfg
+
+
+def _group_options(group: str) -> list[str]:
+    from hydra.core.global_hydra import GlobalHydra
+
+    loader = GlobalHydra.instance().config_loader()
+    return sorted(o for o in loader.get_group_options(group) if not o.startswith("base_"))
+
+
+def explain_compose_error(exc: Exception, overrides: Sequence[str]) -> ConfigError:
+    """Turn Hydra/OmegaConf's multi-line composition errors into one line naming the key."""
+    from hydra.errors import MissingConfigException
+
+    text = str(exc)
+    if isinstance(exc, MissingConfigException) or "Could not find" in text:
+        m = re.search(r"Could not find '([\w/]+)/([^']+)'", text)
+        if m:
+            group, name = m.group(1), m.group(2)
+            choices = ", ".join(_group_options(group))
+            return ConfigError(
+                f"{group}={name}: no such {group}; valid choices: {choices}",
+                key=group,
+                value=name,
+                hint="run `ttc plugins` to see what each installed plugin provides",
+            )
+    cause: Any = exc.__cause__ or exc
+    full_key = getattr(cause, "full_key", None)
+    if "not in" in text or "Could not override" in text or "Could not append" in text:
+        m = re.search(r"Could not (?:override|append to) '([^']+)'", text)
+        key = full_key or (m.group(1) if m else None)
+        if key:
+            return ConfigError(
+                f"{key} is not a config key",
+                key=key,
+                hint=f"check the spelling; `ttc run --cfg job` prints the keys ({key} given)",
+            )
+    if full_key:
+        msg = getattr(cause, "msg", text).splitlines()[0]
+        return ConfigError(f"{full_key}: {msg}", key=full_key)
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return ConfigError(first, hint="check the overrides: " + " ".join(overrides))
+
+
+def expand_sweep(overrides: Sequence[str]) -> list[list[str]]:
+    """The jobs of a multirun, each as its list of plain overrides."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    try:
+        parsed = parser.parse_overrides(list(overrides))
+    except Exception as exc:
+        raise ConfigError(f"cannot parse overrides: {str(exc).splitlines()[0]}") from exc
+    batches = BasicSweeper.split_arguments(parsed, None)
+    return [list(job) for batch in batches for job in batch]
+
+
+def check(overrides: Sequence[str], *, multirun: bool) -> None:
+    """Compose every job of the request; raise the first `ConfigError`."""
+    if not multirun:
+        compose(overrides)
+        return
+    for job in expand_sweep(overrides):
+        compose(job)
+
+
+JobFn = Callable[[DictConfig, str | None], Any]
+
+
+def launch(args: Sequence[str], job: JobFn) -> list[Any]:
+    """Run one job (or a sweep with -m) through Hydra; call `job(cfg, sweep_dir)` for each.
+
+    Raises the first `TtcError` a job raised, after all jobs ran.
+    """
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+
+    args = list(args)
+    multirun = any(a in MULTIRUN_FLAGS for a in args)
+    passthrough = [a for a in args if a.startswith("-")]
+    overrides = [a for a in args if not a.startswith("-")]
+    if all(a in MULTIRUN_FLAGS for a in passthrough):  # plain job(s), not --cfg/--help/...
+        check(overrides, multirun=multirun)
+
+    get_registry()
+    store_configs()
+    outcomes: list[Any] = []
+    errors: list[TtcError] = []
+
+    @hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name=CONFIG_NAME)
+    def entry(cfg: DictConfig) -> None:
+        sweep = None
+        hc = HydraConfig.get()
+        if str(hc.mode) == "RunMode.MULTIRUN":
+            sweep = str(hc.sweep.dir)
+        try:
+            outcomes.append(job(cfg, sweep))
+        except TtcError as exc:
+            errors.append(exc)
+
+    saved = sys.argv
+    sys.argv = ["ttc", *args]
+    try:
+        entry()
+    finally:
+        sys.argv = saved
+    if errors:
+        raise errors[0]
+    return outcomes

@@ -1,0 +1,359 @@
+"""The orchestrator: builds the plugins a config names and solves every problem of the
+task concurrently, batching their calls through one scheduler and writing each finished
+problem to the store in its own transaction.
+
+A crashed or interrupted run is continued with `resume=<run id>`: problems already in
+the store are skipped, the rest run again from scratch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import platform
+import sys
+import traceback
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from ttc.budget import Budget, Ledger
+from ttc.config import instantiate_config, to_object, validate
+from ttc.context import SolveContext
+from ttc.cost import CostModel
+from ttc.errors import BudgetExceeded, ConfigError, DataError
+from ttc.interfaces import Allocator, Backend, RewardModel, Strategy, Task
+from ttc.registry import Registry, get_registry
+from ttc.scheduler import BatchStats, Scheduler
+from ttc.store import Store
+from ttc.types import CallRecord, Problem, ProblemResult, Solution
+
+
+@dataclass
+class RunOutcome:
+    run_id: str
+    status: str
+    totals: dict[str, Any]
+    batch_stats: BatchStats
+    solved_now: int
+
+
+@dataclass
+class Components:
+    task: Task
+    backend: Backend
+    reward: RewardModel | None
+    strategy: Strategy
+    allocator: Allocator
+
+
+def build_components(cfg: DictConfig, registry: Registry) -> Components:
+    """Instantiate the registered implementations the config names."""
+
+    def make(kind: str) -> tuple[type, Any]:
+        reg = registry.get(kind, str(cfg[kind].name))
+        return reg.cls, instantiate_config(reg.config_cls, cfg[kind], kind)
+
+    task_cls, task_cfg = make("task")
+    backend_cls, backend_cfg = make("backend")
+    strategy_cls, strategy_cfg = make("strategy")
+    allocator_cls, allocator_cfg = make("allocator")
+    backend: Backend = backend_cls(backend_cfg)
+    reward: RewardModel | None = None
+    if str(cfg.reward.name) != "none":
+        reward_cls, reward_cfg = make("reward")
+        reward = reward_cls(reward_cfg, backend=backend) if reward_cls.needs_backend else (
+            reward_cls(reward_cfg)
+        )
+    strategy: Strategy = strategy_cls(strategy_cfg)
+    if strategy.uses_reward and reward is None:
+        raise ConfigError(
+            f"strategy '{strategy.name}' ranks branches with a reward model, but reward=none",
+            key="reward",
+            value="none",
+            hint="choose a reward model, e.g. reward=self_certainty (see `ttc plugins`)",
+        )
+    budget = Budget.from_config(to_object(cfg.budget, "budget"))
+    return Components(
+        task=task_cls(task_cfg),
+        backend=backend,
+        reward=reward,
+        strategy=strategy,
+        allocator=allocator_cls(allocator_cfg, budget),
+    )
+
+
+def versions(registry: Registry) -> dict[str, Any]:
+    import importlib.metadata as md
+
+    from ttc import __version__
+
+    packages = {}
+    for name in ("torch", "transformers", "vllm", "hydra-core", "sqlalchemy", "math-verify"):
+        try:
+            packages[name] = md.version(name)
+        except md.PackageNotFoundError:
+            continue
+    return {
+        "ttc": __version__,
+        "python": platform.python_version(),
+        "packages": packages,
+        "plugins": {p.name: p.version for p in registry.plugins.values()},
+    }
+
+
+def hardware() -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+    }
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["gpus"] = torch.cuda.device_count()
+    return info
+
+
+def grade(
+    task: Task, problem: Problem, solution: Solution | None, ctx: SolveContext
+) -> dict[str, Any]:
+    """Correctness of the chosen answer, and pass@1 / majority / oracle over the leaves."""
+    cache: dict[str | None, bool | None] = {}
+
+    def is_correct(answer: str | None) -> bool | None:
+        if answer not in cache:
+            if problem.reference is None:
+                cache[answer] = None
+            else:
+                cache[answer] = bool(answer is not None and task.is_correct(answer, problem))
+        return cache[answer]
+
+    answer = solution.answer if solution is not None else None
+    leaves = ctx.leaves()
+    leaf_answers = [ctx.answer(b) for b in leaves]
+    out: dict[str, Any] = {
+        "answer": answer,
+        "correct": is_correct(answer),
+        "pass_at_1": None,
+        "majority_correct": None,
+        "oracle_correct": None,
+        "n_leaves": len(leaves),
+    }
+    if problem.reference is None or not leaves:
+        return out
+    marks = [bool(is_correct(a)) for a in leaf_answers]
+    out["pass_at_1"] = sum(marks) / len(marks)
+    out["oracle_correct"] = any(marks)
+    votes = Counter(task.normalize(a) for a in leaf_answers if a is not None)
+    if votes:
+        top = votes.most_common(1)[0][0]
+        first = next(a for a in leaf_answers if a is not None and task.normalize(a) == top)
+        out["majority_correct"] = bool(is_correct(first))
+    else:
+        out["majority_correct"] = False
+    return out
+
+
+class Runner:
+    """Runs (or resumes) one job described by a composed config."""
+
+    def __init__(
+        self,
+        cfg: DictConfig,
+        *,
+        registry: Registry | None = None,
+        sweep: str | None = None,
+    ) -> None:
+        validate(cfg)
+        self.cfg = cfg
+        self.registry = registry or get_registry()
+        self.sweep = sweep
+        self.hook = self.registry.pm.hook
+
+    def run(self) -> RunOutcome:
+        return asyncio.run(self.arun())
+
+    async def arun(self) -> RunOutcome:
+        store_cfg = to_object(self.cfg.store, "store")
+        store = Store(store_cfg.url, echo=store_cfg.echo)
+        try:
+            return await self._arun(store)
+        finally:
+            store.close()
+
+    async def _arun(self, store: Store) -> RunOutcome:
+        cfg = self.cfg
+        done: set[str] = set()
+        if cfg.resume:
+            run_id = store.resolve_id(str(cfg.resume))
+            stored = store.get_run(run_id)
+            cfg = OmegaConf.merge(
+                OmegaConf.structured(_root_schema()), stored["config"], {"resume": run_id}
+            )
+            cfg.store = self.cfg.store  # the store we found it in
+            validate(cfg)
+            done = store.finished_problem_ids(run_id)
+        parts = build_components(cfg, self.registry)
+        problems = parts.task.load()
+        _check_unique(problems)
+        plain = OmegaConf.to_container(cfg, resolve=True)
+        assert isinstance(plain, dict)
+        if cfg.resume:
+            store.set_status(run_id, "running")
+        else:
+            run_id = store.create_run(
+                config={k: v for k, v in plain.items() if k != "resume"},
+                strategy=parts.strategy.name,
+                backend=parts.backend.name,
+                model=parts.backend.model_name,
+                task=parts.task.name,
+                reward=str(cfg.reward.name),
+                versions=versions(self.registry),
+                hardware=hardware(),
+                name=cfg.run.name,
+                sweep=self.sweep,
+                n_problems=len(problems),
+            )
+        todo = [(i, p) for i, p in enumerate(problems) if p.id not in done]
+        self.hook.on_run_start(run_id=run_id, config=plain, n_problems=len(todo))
+        status, error = "failed", None
+        scheduler: Scheduler | None = None
+        try:
+            await parts.backend.start()
+            if parts.reward is not None:
+                await parts.reward.start()
+            scheduler = Scheduler(
+                parts.backend,
+                parts.reward,
+                max_batch_size=cfg.scheduler.max_batch_size,
+                max_wait_s=cfg.scheduler.max_wait_ms / 1000.0,
+            )
+            solved = await self._solve_all(run_id, cfg, parts, scheduler, store, todo)
+            status = "finished"
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            status = "interrupted"
+            raise
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            totals = store.finish_run(run_id, status, error=error)
+            self.hook.on_run_end(run_id=run_id, status=status, totals=totals)
+            await parts.backend.close()
+            if parts.reward is not None:
+                await parts.reward.close()
+        assert scheduler is not None
+        return RunOutcome(run_id, status, totals, scheduler.generate_queue.stats, solved)
+
+    async def _solve_all(
+        self,
+        run_id: str,
+        cfg: DictConfig,
+        parts: Components,
+        scheduler: Scheduler,
+        store: Store,
+        todo: list[tuple[int, Problem]],
+    ) -> int:
+        sem = asyncio.Semaphore(cfg.run.concurrency)
+        write_lock = asyncio.Lock()
+        cost = CostModel(parts.backend.architecture)
+        aggregate_how = str(cfg.reward.get("aggregate", "last"))
+        seed = int(cfg.run.seed)
+        written = 0
+
+        async def solve_one(index: int, problem: Problem) -> None:
+            nonlocal written
+            async with sem:
+                result = await self._solve(
+                    index, problem, run_id, parts, scheduler, cost, aggregate_how, seed
+                )
+            async with write_lock:
+                if await asyncio.to_thread(store.record_problem, run_id, result):
+                    written += 1
+            self.hook.on_problem_done(run_id=run_id, result=result)
+
+        await asyncio.gather(*(solve_one(i, p) for i, p in todo))
+        return written
+
+    async def _solve(
+        self,
+        index: int,
+        problem: Problem,
+        run_id: str,
+        parts: Components,
+        scheduler: Scheduler,
+        cost: CostModel,
+        aggregate_how: str,
+        seed: int,
+    ) -> ProblemResult:
+        budget = parts.allocator.budget_for(problem)
+        ledger = Ledger(budget, cost)
+
+        def on_call(call: CallRecord) -> None:
+            self.hook.on_call(run_id=run_id, problem_id=problem.id, call=call)
+
+        prompt = parts.backend.render(problem)
+        ctx = SolveContext(
+            problem=problem,
+            prompt=prompt,
+            prompt_ids=parts.backend.encode(prompt),
+            scheduler=scheduler,
+            ledger=ledger,
+            task=parts.task,
+            aggregate=aggregate_how,
+            seed=seed,
+            on_call=on_call,
+        )
+        solution: Solution | None = None
+        status: Any = "ok"
+        error = None
+        try:
+            solution = await parts.strategy.solve(problem, ctx)
+        except BudgetExceeded:
+            # The strategy let the refusal escape: it ends with no chosen answer.
+            solution = Solution(answer=None, trace={"ended_by": "budget"})
+        except Exception as exc:
+            status = "error"
+            error = "".join(traceback.format_exception(exc, limit=8))
+        spent = ledger.close().as_dict()
+        parts.allocator.release(problem, budget, spent)
+        if solution is not None and solution.branch is not None:
+            solution.branch.selected = True
+        grades = await asyncio.to_thread(grade, parts.task, problem, solution, ctx)
+        return ProblemResult(
+            index=index,
+            problem=problem,
+            status=status,
+            answer=grades["answer"],
+            correct=grades["correct"],
+            pass_at_1=grades["pass_at_1"],
+            majority_correct=grades["majority_correct"],
+            oracle_correct=grades["oracle_correct"],
+            n_leaves=grades["n_leaves"],
+            spent=spent,
+            budget=budget.as_dict(),
+            branches=list(ctx.branches.values()),
+            calls=ctx.calls,
+            trace=(solution.trace if solution is not None else {}),
+            error=error,
+        )
+
+
+def _root_schema() -> Any:
+    from ttc.config import RootConfig
+
+    return RootConfig
+
+
+def _check_unique(problems: list[Problem]) -> None:
+    seen: set[str] = set()
+    for p in problems:
+        if p.id in seen:
+            raise DataError(
+                f"the task yields problem id '{p.id}' twice; ids must be unique",
+                hint="give every problem a distinct id (e.g. task.id_field=...)",
+            )
+        seen.add(p.id)
