@@ -42,4 +42,23 @@ def register_allocators(register: Callable[..., None]) -> None:
 
 @ttc.hookimpl
 def register_tasks(register: Callable[..., None]) -> None:
-    pass
+    from ttc.plugins.tasks.arith import ArithTask, ArithTaskConfig
+    from ttc.plugins.tasks.hub import (
+        Aime24Task,
+        Aime24TaskConfig,
+        Amc23Task,
+        Amc23TaskConfig,
+        Gsm8kTask,
+        Gsm8kTaskConfig,
+        JsonlTask,
+        JsonlTaskConfig,
+        Math500Task,
+        Math500TaskConfig,
+    )
+
+    register(ArithTask, ArithTaskConfig)
+    register(Gsm8kTask, Gsm8kTaskConfig)
+    register(Math500Task, Math500TaskConfig)
+    register(Aime24Task, Aime24TaskConfig)
+    register(Amc23Task, Amc23TaskConfig)
+    register(JsonlTask, JsonlTaskConfig)

@@ -1,0 +1,312 @@
+"""Benchmark tasks read through `datasets`: gsm8k, math500, aime24, amc23, and `jsonl`.
+
+Each benchmark loads its hub copy by default, or a local JSON Lines file in the hub's
+field layout with `task.data_files=path.jsonl` (the way to run offline). `jsonl` reads any
+user file with a field mapping (`question_field`, `answer_field`, `id_field`).
+
+Loading from the hub first checks in a few seconds that the hub answers: `datasets`
+itself retries an unreachable host for about half a minute before it fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+from urllib.parse import urlparse
+
+from ttc.errors import ConfigError, DataError
+from ttc.plugins.tasks.base import Item, PromptedTask, PromptedTaskConfig
+
+HUB_PROBE_TIMEOUT_S = 5.0
+_OFFLINE_HINT = "pass task.data_files=<local jsonl> (or set HF_HUB_OFFLINE=1 to use a cached copy)"
+
+
+@dataclass
+class HubTaskConfig(PromptedTaskConfig):
+    path: str = ""
+    """Hub dataset id (each task sets its own default)."""
+    subset: str | None = None
+    """Hub config name (e.g. `main` for openai/gsm8k)."""
+    split: str = "test"
+    data_files: str | None = None
+    """A local JSON Lines file in the hub's field layout; used instead of the hub."""
+
+
+@dataclass
+class Gsm8kTaskConfig(HubTaskConfig):
+    path: str = "openai/gsm8k"
+    subset: str | None = "main"
+
+
+@dataclass
+class Math500TaskConfig(HubTaskConfig):
+    path: str = "HuggingFaceH4/MATH-500"
+
+
+@dataclass
+class Aime24TaskConfig(HubTaskConfig):
+    path: str = "HuggingFaceH4/aime_2024"
+    split: str = "train"
+
+
+@dataclass
+class Amc23TaskConfig(HubTaskConfig):
+    path: str = "math-ai/amc23"
+
+
+@dataclass
+class JsonlTaskConfig(PromptedTaskConfig):
+    data_files: str | None = None
+    """The JSON Lines file to read (required)."""
+    question_field: str = "question"
+    answer_field: str | None = "answer"
+    """Field holding the reference answer (None: ungraded problems)."""
+    id_field: str | None = None
+    """Field holding a unique problem id (None: the line number)."""
+
+
+# -- loading ------------------------------------------------------------------------------
+
+
+def _hub_reachable() -> bool:
+    """Whether the hub endpoint accepts a TCP connection within HUB_PROBE_TIMEOUT_S.
+
+    The probe runs in a daemon thread because name resolution has no timeout of its own.
+    """
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    host, port = (
+        url.hostname or "huggingface.co",
+        url.port or (443 if url.scheme == "https" else 80),
+    )
+    ok: list[bool] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection((host, port), timeout=HUB_PROBE_TIMEOUT_S).close()
+            ok.append(True)
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=probe, daemon=True, name="ttc-hub-probe")
+    thread.start()
+    thread.join(HUB_PROBE_TIMEOUT_S)
+    return bool(ok)
+
+
+def _offline() -> bool:
+    return any(
+        os.environ.get(v, "").strip().lower() in {"1", "true", "yes", "on"}
+        for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    )
+
+
+def load_jsonl_rows(data_files: str) -> list[dict[str, Any]]:
+    """Rows of a local JSON Lines file, through `datasets`' json loader."""
+    import datasets
+
+    path = Path(data_files).expanduser()
+    if not path.is_file():
+        raise DataError(
+            f"data file '{data_files}' does not exist "
+            f"(relative paths are resolved against {Path.cwd()})",
+            hint="check task.data_files; give a path to a JSON Lines file, one problem a line",
+        )
+    try:
+        with _quiet(datasets):
+            dataset = datasets.load_dataset("json", data_files=str(path), split="train")
+    except Exception as exc:  # datasets raises many types for a malformed file
+        raise DataError(
+            f"cannot read '{data_files}' as JSON Lines: {type(exc).__name__}: {exc}",
+            hint="each line must be one JSON object with the same fields",
+        ) from exc
+    return list(dataset)
+
+
+@contextlib.contextmanager
+def _quiet(datasets: Any) -> Iterator[None]:
+    """Hide `datasets`' per-split progress bars (ttc shows its own progress), then restore
+    whatever the caller had."""
+    was_disabled = datasets.is_progress_bar_enabled() is False
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not was_disabled:
+            datasets.enable_progress_bars()
+
+
+def load_hub_rows(path: str, *, subset: str | None, split: str) -> list[dict[str, Any]]:
+    """Rows of one split of a hub dataset; a clear `DataError` when it cannot be reached."""
+    import datasets
+
+    name = f"{path}" + (f" ({subset})" if subset else "") + f", split {split}"
+    if not _offline() and not _hub_reachable():
+        raise DataError(f"cannot reach the Hugging Face Hub to load {name}", hint=_OFFLINE_HINT)
+    try:
+        with _quiet(datasets):
+            dataset = datasets.load_dataset(path, subset, split=split)
+    except Exception as exc:  # connection, missing cache, unknown split or id
+        raise DataError(
+            f"cannot load {name} from the hub: {type(exc).__name__}: {exc}", hint=_OFFLINE_HINT
+        ) from exc
+    return list(dataset)
+
+
+def _require(row: dict[str, Any], field: str | None, source: str, hint: str) -> Any:
+    if field is None:
+        return None
+    if field not in row:
+        raise DataError(
+            f"{source} has no field '{field}' (fields: {', '.join(sorted(row)) or 'none'})",
+            hint=hint,
+        )
+    return row[field]
+
+
+def _as_text(value: Any) -> str | None:
+    """A reference as text; whole floats lose their `.0` (amc23 stores 27.0 for 27)."""
+    if value is None:
+        return None
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).strip()
+
+
+# -- tasks --------------------------------------------------------------------------------
+
+
+class HubTask(PromptedTask):
+    """A benchmark in a fixed field layout, from the hub or a local copy."""
+
+    config: HubTaskConfig
+    question_field: ClassVar[str] = "problem"
+    answer_field: ClassVar[str] = "answer"
+    id_field: ClassVar[str | None] = None
+    metadata_fields: ClassVar[tuple[str, ...]] = ()
+    """Fields copied into `Problem.metadata` when a row has them."""
+
+    def rows(self) -> tuple[list[dict[str, Any]], str]:
+        if self.config.data_files:
+            files = self.config.data_files
+            return load_jsonl_rows(files), f"data file '{files}'"
+        return (
+            load_hub_rows(self.config.path, subset=self.config.subset, split=self.config.split),
+            f"hub dataset '{self.config.path}'",
+        )
+
+    def items(self) -> list[Item]:
+        rows, source = self.rows()
+        hint = (
+            f"this data is not in the {self.name} layout; use task=jsonl with "
+            "task.question_field=... task.answer_field=... for other files"
+        )
+        items = []
+        for index, row in enumerate(rows):
+            where = f"{source}, row {index}"
+            question = _require(row, self.question_field, where, hint)
+            answer = _require(row, self.answer_field, where, hint)
+            raw_id = _require(row, self.id_field, where, hint)
+            items.append(
+                Item(
+                    id=str(raw_id if raw_id is not None else index),
+                    question=str(question),
+                    reference=self.reference_in(answer, where),
+                    metadata=self.metadata_of(row),
+                )
+            )
+        return items
+
+    def reference_in(self, answer: Any, where: str) -> str | None:
+        """The reference answer, from the answer field's value in row `where`."""
+        return _as_text(answer)
+
+    def metadata_of(self, row: dict[str, Any]) -> dict[str, Any]:
+        return {f: row[f] for f in self.metadata_fields if f in row}
+
+
+class Gsm8kTask(HubTask):
+    """Grade-school math word problems; the reference is what follows `####`."""
+
+    name = "gsm8k"
+    question_field = "question"
+
+    def reference_in(self, answer: Any, where: str) -> str | None:
+        text = str(answer)
+        if "####" not in text:
+            raise DataError(
+                f"{where}: the answer has no '#### <number>' line",
+                hint="gsm8k answers end with '#### <final answer>'; for other files use task=jsonl",
+            )
+        return text.rsplit("####", 1)[1].strip().replace(",", "")
+
+    def metadata_of(self, row: dict[str, Any]) -> dict[str, Any]:
+        # The worked solution (with <<calculator>> annotations) helps inspecting runs.
+        return {"solution": row.get("answer")}
+
+
+class Math500Task(HubTask):
+    """The 500-problem MATH subset of "Let's Verify Step by Step"."""
+
+    name = "math500"
+    id_field = "unique_id"
+    metadata_fields = ("subject", "level", "solution")
+
+
+class Aime24Task(HubTask):
+    """AIME 2024 (30 problems, integer answers 0-999)."""
+
+    name = "aime24"
+    id_field = "id"
+    metadata_fields = ("solution", "url")
+
+
+class Amc23Task(HubTask):
+    """AMC 2023 (40 problems, numeric answers)."""
+
+    name = "amc23"
+    id_field = "id"
+    metadata_fields = ("url",)
+
+
+class JsonlTask(PromptedTask):
+    """Any JSON Lines file, with the question, answer and id fields named in the config."""
+
+    name = "jsonl"
+    config: JsonlTaskConfig
+
+    def items(self) -> list[Item]:
+        files = self.config.data_files
+        if not files:
+            raise ConfigError(
+                "task=jsonl needs a file to read",
+                key="task.data_files",
+                hint="pass task.data_files=path/to/problems.jsonl",
+            )
+        rows = load_jsonl_rows(files)
+        items = []
+        for index, row in enumerate(rows):
+            where = f"data file '{files}', row {index}"
+            question = _require(row, self.config.question_field, where, _field_hint("question"))
+            answer = _require(row, self.config.answer_field, where, _field_hint("answer"))
+            raw_id = _require(row, self.config.id_field, where, _field_hint("id"))
+            items.append(
+                Item(
+                    id=str(raw_id if raw_id is not None else index),
+                    question=str(question),
+                    reference=_as_text(answer),
+                )
+            )
+        return items
+
+
+def _field_hint(kind: str) -> str:
+    extra = f" (or task.{kind}_field=null)" if kind in {"answer", "id"} else ""
+    return f"set task.{kind}_field=<the field that holds the {kind}>{extra}"
