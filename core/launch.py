@@ -8,6 +8,7 @@ directories) work as Hydra users expect. Every job writes to the configured stor
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -65,18 +66,22 @@ def explain_compose_error(exc: Exception, overrides: Sequence[str]) -> ConfigErr
                 hint="run `ttc plugins` to see what each installed plugin provides",
             )
     cause: Any = exc.__cause__ or exc
+    while getattr(cause, "full_key", None) is None and cause.__cause__ is not None:
+        cause = cause.__cause__
     full_key = getattr(cause, "full_key", None)
     if "not in" in text or "Could not override" in text or "Could not append" in text:
         m = re.search(r"Could not (?:override|append to) '([^']+)'", text)
         key = full_key or (m.group(1) if m else None)
         if key:
-            return ConfigError(
-                f"{key} is not a config key",
-                key=key,
-                hint=f"check the spelling; `ttc run --cfg job` prints the keys ({key} given)",
-            )
+            schema = getattr(cause, "object_type", None)
+            valid = ""
+            if schema is not None and dataclasses.is_dataclass(schema):
+                parent = key.rpartition(".")[0] or "the root"
+                names = ", ".join(f.name for f in dataclasses.fields(schema))
+                valid = f"; valid keys under {parent}: {names}"
+            return ConfigError(f"{key} is not a config key{valid}", key=key)
     if full_key:
-        msg = getattr(cause, "msg", text).splitlines()[0]
+        msg = str(getattr(cause, "msg", text)).splitlines()[0]
         return ConfigError(f"{full_key}: {msg}", key=full_key)
     first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
     return ConfigError(first, hint="check the overrides: " + " ".join(overrides))

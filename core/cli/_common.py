@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from ttc.errors import TtcError
 
@@ -36,9 +37,13 @@ def errors_to_exit() -> Iterator[None]:
     try:
         yield
     except TtcError as exc:
-        err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
-        if exc.hint:
-            err_console.print(f"[dim]hint:[/] {exc.hint}", highlight=False, soft_wrap=True)
+        # One line: what is wrong, then what to do about it.
+        hint = f" (hint: {exc.hint})" if exc.hint else ""
+        err_console.print(
+            f"[bold red]error:[/] {escape(exc.message)}[dim]{escape(hint)}[/]",
+            highlight=False,
+            soft_wrap=True,
+        )
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         err_console.print(

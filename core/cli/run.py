@@ -36,7 +36,7 @@ def _job(cfg: DictConfig, sweep: str | None) -> Any:
 
 
 def run(ctx: typer.Context) -> None:
-    """Run a job: `ttc run [key=value ...]`; a sweep: `ttc run -m strategy.n=4,8 task=a,b`.
+    """Run a job: `ttc run \\[key=value ...]`; a sweep: `ttc run -m strategy.n=4,8 task=a,b`.
 
     Overrides use Hydra's syntax (groups: backend, strategy, reward, allocator, task,
     store; plus budget.*, scheduler.*, run.*). `resume=<run id>` continues an interrupted
