@@ -113,15 +113,55 @@ def check(overrides: Sequence[str], *, multirun: bool) -> None:
 JobFn = Callable[[DictConfig, str | None], Any]
 
 
+RESUME_KEYS = ("store.url", "run.progress", "run.concurrency")
+"""What may be set beside `resume=`: the rest comes from the stored run."""
+
+
+def resume_config(overrides: Sequence[str]) -> DictConfig:
+    """The config of a `resume=<id>` request: the id, the store and run options."""
+    from omegaconf import OmegaConf
+
+    from ttc.config import RunConfig, StoreConfig
+
+    cfg = OmegaConf.create({"resume": None})
+    cfg.store = OmegaConf.structured(StoreConfig)
+    cfg.run = OmegaConf.structured(RunConfig)
+    for o in overrides:
+        key, _, value = o.partition("=")
+        if key != "resume" and key not in RESUME_KEYS:
+            raise ConfigError(
+                f"{key} cannot be changed when resuming: the run continues with its stored "
+                f"config; only {', '.join(RESUME_KEYS)} may be given",
+                key=key,
+            )
+        OmegaConf.update(cfg, key, _yaml_value(value))
+    return cfg
+
+
+def _yaml_value(text: str) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
 def launch(args: Sequence[str], job: JobFn) -> list[Any]:
     """Run one job (or a sweep with -m) through Hydra; call `job(cfg, sweep_dir)` for each.
 
+    `resume=<run id>` continues a stored run with its stored config (no Hydra composition).
     Raises the first `TtcError` a job raised, after all jobs ran.
     """
     import hydra
     from hydra.core.hydra_config import HydraConfig
 
     args = list(args)
+    if any(a.startswith("resume=") for a in args):
+        if any(a.startswith("-") for a in args):
+            raise ConfigError("resume=<run id> takes no Hydra flags (-m, --cfg, ...)")
+        get_registry()
+        return [job(resume_config(args), None)]
     multirun = any(a in MULTIRUN_FLAGS for a in args)
     passthrough = [a for a in args if a.startswith("-")]
     overrides = [a for a in args if not a.startswith("-")]

@@ -20,7 +20,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from ttc.budget import Budget, Ledger
-from ttc.config import instantiate_config, to_object, validate
+from ttc.config import StoreConfig, instantiate_config, to_object, validate
 from ttc.context import SolveContext
 from ttc.cost import CostModel
 from ttc.errors import BudgetExceeded, ConfigError, DataError
@@ -167,7 +167,8 @@ class Runner:
         registry: Registry | None = None,
         sweep: str | None = None,
     ) -> None:
-        validate(cfg)
+        if not cfg.get("resume"):
+            validate(cfg)
         self.cfg = cfg
         self.registry = registry or get_registry()
         self.sweep = sweep
@@ -177,7 +178,7 @@ class Runner:
         return asyncio.run(self.arun())
 
     async def arun(self) -> RunOutcome:
-        store_cfg = to_object(self.cfg.store, "store")
+        store_cfg = instantiate_config(StoreConfig, self.cfg.store, "store")
         store = Store(store_cfg.url, echo=store_cfg.echo)
         try:
             return await self._arun(store)
@@ -194,7 +195,7 @@ class Runner:
                 OmegaConf.structured(_root_schema()), stored["config"], {"resume": run_id}
             )
             cfg.store = self.cfg.store  # the store we found it in
-            validate(cfg)
+            cfg.run = OmegaConf.merge(cfg.run, self.cfg.get("run", {}))
             done = store.finished_problem_ids(run_id)
         parts = build_components(cfg, self.registry)
         problems = parts.task.load()

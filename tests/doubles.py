@@ -175,7 +175,10 @@ class SyntheticReward(RewardModel):
             ref = r.problem.reference
             scores = []
             for s in r.steps:
-                good = "ok" in s or (ref is not None and f"{{{ref}}}" in s)
+                if "\\boxed" in s:  # a final step: right iff it states the reference
+                    good = ref is not None and f"{{{ref}}}" in s
+                else:
+                    good = "hmm" not in s
                 value = (0.9 if good else 0.1) + rng.gauss(0, self.config.noise)
                 scores.append(min(max(value, 0.0), 1.0))
             new = len(r.steps) - r.scored_steps

@@ -27,7 +27,8 @@ def list_runs(
     with errors_to_exit():
         rows = Store(store_url(store)).list_runs(limit=limit, status=status)
         table = Table(title="runs")
-        for col in ("id", "created", "status", "strategy", "model", "task", "problems", "accuracy"):
+        table.add_column("id", no_wrap=True)
+        for col in ("created", "status", "strategy", "model", "task", "problems", "accuracy"):
             table.add_column(col)
         for r in rows:
             t = r["totals"] or {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -76,20 +77,31 @@ def alembic_config(engine: Engine) -> Any:
     return cfg
 
 
-def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Bring the store's schema to `revision` (Alembic)."""
+def upgrade(engine: Engine, revision: str = "head", *, attempts: int = 5) -> None:
+    """Bring the store's schema to `revision` (Alembic).
+
+    Several processes may open a new store at once (the jobs of a sweep): SQLite runs DDL
+    outside transactions, so a process can find tables that another one is creating. It
+    then waits and tries again; by then the other process has recorded the revision.
+    """
     from alembic import command
 
     cfg = alembic_config(engine)
-    try:
-        with engine.begin() as conn:
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, revision)
-    except OperationalError as exc:
-        raise StoreError(
-            f"cannot migrate the store at '{engine.url}': {exc.orig}",
-            hint="check store.url and that the database server is reachable",
-        ) from exc
+    for attempt in range(attempts):
+        try:
+            with engine.begin() as conn:
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, revision)
+            return
+        except OperationalError as exc:
+            racing = "already exists" in str(exc.orig) or "locked" in str(exc.orig)
+            if racing and attempt + 1 < attempts:
+                time.sleep(0.2 * (attempt + 1))
+                continue
+            raise StoreError(
+                f"cannot migrate the store at '{engine.url}': {exc.orig}",
+                hint="check store.url and that the database server is reachable",
+            ) from exc
 
 
 class Store:

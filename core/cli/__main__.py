@@ -1,0 +1,5 @@
+"""`python -m ttc.cli` is `ttc`."""
+
+from ttc.cli import main
+
+main()
