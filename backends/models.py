@@ -348,7 +348,9 @@ def pick_device(device: str) -> torch.device:
     try:
         dev = torch.device(device)
     except RuntimeError as exc:
-        raise BackendError(f"invalid device '{device}'", hint="use auto, cpu, cuda or cuda:N") from exc
+        raise BackendError(
+            f"invalid device '{device}'", hint="use auto, cpu, cuda or cuda:N"
+        ) from exc
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise BackendError(
             f"device '{device}' requested but CUDA is not available",

@@ -1,0 +1,719 @@
+"""The transformers backend: batched sampling with a KV cache on CPU or one GPU.
+
+`generate_batch` receives the requests of many problems at once and decodes all their
+samples as one batch, with its own loop over the model's forward and a `DynamicCache`:
+
+- Each distinct prompt is prefilled once; its KV is then gathered into one row per sample
+  (KV forking), so `n` samples cost one prefill.
+- A bounded prefix cache keeps the KV of recent prompts and finished branches, keyed by
+  token ids. A new prompt reuses the KV of its longest common prefix with any held entry,
+  so continuing a branch (earlier prompt + generated tokens + more) prefills only the new
+  tokens.
+- Rows are left-padded; attention masks and explicit position ids make every row
+  compute what it would compute alone. Finished rows leave the batch at once.
+
+Usage accounting (per request, per prefill pass):
+`prompt_tokens` is the prompt length, counted once however many samples share it (again
+only when a request is split over several batches by `max_batch_sequences`);
+`cached_prompt_tokens` is the part of it whose KV was not computed: taken from the prefix
+cache, or shared with an identical prompt in the same batch. At least the last prompt
+token is always computed (its logits start decoding), so a fully cached prompt reports
+`len(prompt) - 1` cached.
+
+Torch and transformers are imported inside methods: importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from ttc.config import BackendConfig, bounded
+from ttc.errors import BackendError
+from ttc.interfaces import Backend
+from ttc.types import (
+    FinishReason,
+    GenerateRequest,
+    GenerateResult,
+    Generation,
+    ModelArchitecture,
+    Problem,
+    Sampling,
+    Usage,
+)
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    from ttc.backends.models import LoadedModel
+
+KV = list[tuple["torch.Tensor", "torch.Tensor"]]
+"""Per layer (keys, values), each `[batch, kv_heads, seq, head_dim]`."""
+
+
+@dataclass
+class HFBackendConfig(BackendConfig):
+    name: str = "hf"
+    model: str = "smollm2-135m"
+    """Alias (smollm2-135m, gemma3-270m), local .gguf file, model directory or hub id."""
+    device: str = "auto"
+    """auto (CUDA when available, else CPU), cpu, cuda or cuda:N."""
+    dtype: str = bounded(
+        "auto",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        help="weights and activations; auto is float32 on CPU, bfloat16 on CUDA",
+    )
+    max_batch_sequences: int = bounded(
+        256, ge=1, help="sequences decoded together; larger calls run in several batches"
+    )
+    max_prefill_tokens: int = bounded(
+        8192, ge=1, help="padded prompt tokens per prefill forward (bounds prefill memory)"
+    )
+    prefix_cache_tokens: int = bounded(
+        8192, ge=0, help="tokens of KV the prefix cache holds (0 disables it)"
+    )
+    seed: int = 0
+    """Seeds the per-sample seeds of requests whose sampling has no seed."""
+    system_prompt: str | None = None
+    """Prepended as a system message when a chat problem has none."""
+    trust_remote_code: bool = False
+    cache_dir: str | None = None
+    """Where converted models live; default $TTC_CACHE_DIR or ~/.cache/ttc."""
+
+
+# -- prefix cache ---------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Entry:
+    ids: np.ndarray
+    kv: KV
+
+
+class PrefixCache:
+    """An LRU of per-sequence KV caches, bounded by the total tokens held.
+
+    Lookups return the longest common prefix of a prompt with any entry: the KV of the
+    first `k` tokens of a causal decoder depends only on those tokens, so an entry helps
+    every prompt that starts like it (siblings share their problem prompt; a continued
+    branch shares all of its parent).
+    """
+
+    def __init__(self, max_tokens: int) -> None:
+        self.max_tokens = max_tokens
+        self.tokens = 0
+        self._entries: OrderedDict[tuple[int, ...], _Entry] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self.tokens = 0
+
+    def lookup(self, ids: Sequence[int], *, limit: int) -> tuple[int, KV | None]:
+        """(length, KV views) of the longest held prefix of `ids`, at most `limit` tokens."""
+        import numpy as np
+
+        if not self._entries or limit <= 0:
+            return 0, None
+        query = np.asarray(ids[:limit], dtype=np.int64)
+        best, best_key = 0, None
+        for key, entry in self._entries.items():
+            m = min(len(entry.ids), len(query))
+            if m <= best:
+                continue
+            diff = np.flatnonzero(entry.ids[:m] != query[:m])
+            n = int(diff[0]) if diff.size else m
+            if n > best:
+                best, best_key = n, key
+        if best_key is None:
+            return 0, None
+        self._entries.move_to_end(best_key)
+        kv = [(k[:, :, :best], v[:, :, :best]) for k, v in self._entries[best_key].kv]
+        return best, kv
+
+    def insert(self, ids: tuple[int, ...], kv: KV) -> None:
+        """Hold `kv` (the KV of exactly `ids`); drop entries it makes redundant."""
+        import numpy as np
+
+        n = len(ids)
+        if n == 0 or n > self.max_tokens:
+            return
+        for key in list(self._entries):
+            if len(key) >= n and key[:n] == ids:
+                self._entries.move_to_end(key)  # already covered by a longer entry
+                return
+            if len(key) < n and ids[: len(key)] == key:
+                self._remove(key)
+        self._entries[ids] = _Entry(np.asarray(ids, dtype=np.int64), kv)
+        self.tokens += n
+        while self.tokens > self.max_tokens:
+            self._remove(next(iter(self._entries)))
+
+    def _remove(self, key: tuple[int, ...]) -> None:
+        del self._entries[key]
+        self.tokens -= len(key)
+
+
+# -- decoding state -------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Piece:
+    """Samples `start .. start + n` of one request, decoded in one batch."""
+
+    req: int
+    start: int
+    n: int
+
+
+@dataclass(slots=True)
+class _Row:
+    """One sequence being decoded."""
+
+    req: int
+    sample: int
+    prompt: tuple[int, ...]
+    sampling: Sampling
+    max_new: int
+    generator: torch.Generator
+    tokens: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    text: str = ""
+    finish: FinishReason | None = None
+    stop_reason: str | None = None
+
+
+@dataclass(slots=True)
+class _Tally:
+    """What one request cost and produced so far."""
+
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    generations: dict[int, Generation] = field(default_factory=dict)
+
+
+def _mix_seed(seed: int, sample: int) -> int:
+    # Sample j of a request with seed s must not equal sample 0 of seed s + j.
+    digest = hashlib.blake2b(f"{seed}:{sample}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+class HFBackend(Backend):
+    """Transformers models with batched KV-cache decoding, KV forking and prefix caching."""
+
+    name: ClassVar[str] = "hf"
+    batches_itself: ClassVar[bool] = False
+
+    config: HFBackendConfig
+
+    def __init__(self, config: HFBackendConfig) -> None:
+        super().__init__(config)
+        self._loaded: LoadedModel | None = None
+        self._lock = threading.Lock()
+        self._rng = random.Random(config.seed)
+        self.prefix_cache = PrefixCache(config.prefix_cache_tokens)
+        self.eos_token_ids: frozenset[int] = frozenset()
+        """Token ids that end a generation with `finish_reason="eos"`."""
+        self._bos_id: int | None = None
+        self._needs_bos = False
+        self._special_ids: frozenset[int] = frozenset()
+        self._max_positions: int | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+    async def start(self) -> None:
+        await asyncio.to_thread(self.load)
+
+    def load(self) -> None:
+        """Load model and tokenizer (synchronously; `start` runs this in a thread)."""
+        if self._loaded is not None:
+            return
+        from ttc.backends.models import load_model
+
+        cfg = self.config
+        loaded = load_model(
+            cfg.model,
+            device=cfg.device,
+            dtype=cfg.dtype,
+            trust_remote_code=cfg.trust_remote_code,
+            cache=cfg.cache_dir,
+        )
+        tok = loaded.tokenizer
+        eos: set[int] = set()
+        for source in (tok.eos_token_id, loaded.model.generation_config.eos_token_id):
+            if isinstance(source, int):
+                eos.add(source)
+            elif isinstance(source, list | tuple):
+                eos.update(int(i) for i in source)
+        self.eos_token_ids = frozenset(eos)
+        self._bos_id = tok.bos_token_id
+        # A tokenizer that prepends BOS on its own says so by doing it.
+        probe = tok("a", add_special_tokens=True)["input_ids"]
+        self._needs_bos = self._bos_id is not None and probe[:1] == [self._bos_id]
+        self._special_ids = frozenset(int(i) for i in tok.all_special_ids)
+        text_cfg = loaded.model.config.get_text_config()
+        self._max_positions = getattr(text_cfg, "max_position_embeddings", None)
+        self._loaded = loaded
+
+    async def close(self) -> None:
+        self.prefix_cache.clear()
+        loaded, self._loaded = self._loaded, None
+        if loaded is not None and loaded.device.type == "cuda":
+            import torch
+
+            del loaded
+            torch.cuda.empty_cache()
+
+    def _require(self) -> LoadedModel:
+        if self._loaded is None:
+            raise BackendError(
+                "the hf backend is not started", hint="await backend.start() (or call load())"
+            )
+        return self._loaded
+
+    @property
+    def architecture(self) -> ModelArchitecture | None:
+        return None if self._loaded is None else self._loaded.architecture
+
+    # -- text -----------------------------------------------------------------------------
+    def render(self, problem: Problem) -> str:
+        tok = self._require().tokenizer
+        messages = [dict(m) for m in problem.messages]
+        system = self.config.system_prompt
+        if getattr(tok, "chat_template", None):
+            if not messages:
+                if problem.prompt is None:
+                    raise BackendError(f"problem '{problem.id}' has neither messages nor prompt")
+                messages = [{"role": "user", "content": problem.prompt}]
+            if system and messages[0].get("role") != "system":
+                messages.insert(0, {"role": "system", "content": system})
+            text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            return str(text)
+        # A base model: the prompt as written, or the conversation as plain paragraphs.
+        if problem.prompt is not None:
+            body = problem.prompt
+        elif messages:
+            body = "\n\n".join(m["content"] for m in messages)
+        else:
+            raise BackendError(f"problem '{problem.id}' has neither messages nor prompt")
+        return f"{system}\n\n{body}" if system else body
+
+    def encode(self, text: str) -> list[int]:
+        tok = self._require().tokenizer
+        ids = list(tok(text, add_special_tokens=False)["input_ids"])
+        # Chat templates often write the BOS text themselves; add it only when missing.
+        if self._needs_bos and self._bos_id is not None and ids[:1] != [self._bos_id]:
+            ids.insert(0, self._bos_id)
+        return ids
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        tok = self._require().tokenizer
+        return str(tok.decode(list(token_ids), skip_special_tokens=True))
+
+    def _continuation(self, prompt: Sequence[int], new: Sequence[int]) -> str:
+        """The text `new` adds after `prompt`.
+
+        Decoding `new` alone loses a leading space with SentencePiece-style tokenizers, so
+        decode it behind a few prompt tokens and cut their text off.
+        """
+        tok = self._require().tokenizer
+        tail = [t for t in prompt[-8:] if t not in self._special_ids][-4:]
+        if not tail:
+            return str(tok.decode(list(new), skip_special_tokens=True))
+        head = tok.decode(tail, skip_special_tokens=True)
+        full = tok.decode([*tail, *new], skip_special_tokens=True)
+        if full.startswith(head):
+            return str(full[len(head) :])
+        return str(tok.decode(list(new), skip_special_tokens=True))
+
+    # -- generation -----------------------------------------------------------------------
+    def generate_batch(self, requests: Sequence[GenerateRequest]) -> list[GenerateResult]:
+        import torch
+
+        loaded = self._require()
+        started = time.perf_counter()
+        prompts = [self._prompt_ids(r) for r in requests]
+        tallies = [_Tally() for _ in requests]
+        with self._lock, torch.inference_mode():
+            base_seeds = [
+                r.sampling.seed if r.sampling.seed is not None else self._rng.getrandbits(63)
+                for r in requests
+            ]
+            for chunk in self._plan(requests):
+                self._run_chunk(loaded, chunk, requests, prompts, base_seeds, tallies)
+        latency = time.perf_counter() - started
+        results = []
+        for req, tally in zip(requests, tallies, strict=True):
+            gens = tuple(tally.generations[j] for j in range(req.sampling.n))
+            usage = Usage(
+                prompt_tokens=tally.prompt_tokens,
+                cached_prompt_tokens=tally.cached_tokens,
+                completion_tokens=sum(len(g.token_ids) for g in gens),
+                latency_s=latency,
+            )
+            results.append(GenerateResult(generations=gens, usage=usage))
+        return results
+
+    def _prompt_ids(self, request: GenerateRequest) -> tuple[int, ...]:
+        if request.prompt_token_ids is not None:
+            ids = tuple(int(t) for t in request.prompt_token_ids)
+        else:
+            ids = tuple(self.encode(request.prompt))
+        if not ids:
+            raise BackendError("a generate request has an empty prompt")
+        if self._max_positions is not None and len(ids) >= self._max_positions:
+            raise BackendError(
+                f"prompt of {len(ids)} tokens does not fit the model's context of "
+                f"{self._max_positions} tokens",
+                hint="shorten the prompt or lower the strategy's depth",
+            )
+        if request.sampling.n < 1 or request.sampling.max_tokens < 1:
+            raise BackendError(
+                f"sampling needs n >= 1 and max_tokens >= 1, got n={request.sampling.n}, "
+                f"max_tokens={request.sampling.max_tokens}"
+            )
+        return ids
+
+    def _plan(self, requests: Sequence[GenerateRequest]) -> list[list[_Piece]]:
+        """Pack requests' samples into batches of at most `max_batch_sequences` rows.
+
+        A request larger than that is split; its later pieces find the prompt in the
+        prefix cache (when enabled), so it is still prefilled once.
+        """
+        cap = self.config.max_batch_sequences
+        chunks: list[list[_Piece]] = []
+        current: list[_Piece] = []
+        used = 0
+        for i, req in enumerate(requests):
+            start = 0
+            while start < req.sampling.n:
+                if used == cap:
+                    chunks.append(current)
+                    current, used = [], 0
+                take = min(req.sampling.n - start, cap - used)
+                current.append(_Piece(i, start, take))
+                used += take
+                start += take
+        if current:
+            chunks.append(current)
+        return chunks
+
+    def _run_chunk(
+        self,
+        loaded: LoadedModel,
+        chunk: list[_Piece],
+        requests: Sequence[GenerateRequest],
+        prompts: list[tuple[int, ...]],
+        base_seeds: list[int],
+        tallies: list[_Tally],
+    ) -> None:
+        import torch
+
+        # Identical prompts in one batch share one prefill row.
+        unique: dict[tuple[int, ...], int] = {}
+        for piece in chunk:
+            ids = prompts[piece.req]
+            tally = tallies[piece.req]
+            tally.prompt_tokens += len(ids)
+            if ids in unique:
+                tally.cached_tokens += len(ids)
+            else:
+                unique[ids] = len(unique)
+        uniq = list(unique)
+        logits, row_kv, cached = self._prefill(loaded, uniq)
+        first_piece: dict[int, bool] = {}
+        for piece in chunk:
+            src = unique[prompts[piece.req]]
+            if src not in first_piece:
+                first_piece[src] = True
+                tallies[piece.req].cached_tokens += cached[src]
+
+        rows: list[_Row] = []
+        src_index: list[int] = []
+        for piece in chunk:
+            req = requests[piece.req]
+            ids = prompts[piece.req]
+            room = req.sampling.max_tokens
+            if self._max_positions is not None:
+                room = min(room, self._max_positions - len(ids))
+            for j in range(piece.start, piece.start + piece.n):
+                gen = torch.Generator()
+                gen.manual_seed(_mix_seed(base_seeds[piece.req], j))
+                rows.append(_Row(piece.req, j, ids, req.sampling, room, gen))
+                src_index.append(unique[ids])
+        self._decode(loaded, rows, src_index, logits, row_kv, tallies)
+
+    def _prefill(
+        self, loaded: LoadedModel, prompts: list[tuple[int, ...]]
+    ) -> tuple[torch.Tensor, list[KV], list[int]]:
+        """Last-position logits, per-prompt KV and cached-token counts for `prompts`.
+
+        Prompts are grouped so that one forward holds at most `max_prefill_tokens` padded
+        tokens. Each row is laid out `[pad, cached prefix KV, pad, new tokens]`.
+        """
+        import torch
+        from transformers import DynamicCache
+
+        hits = [self.prefix_cache.lookup(ids, limit=len(ids) - 1) for ids in prompts]
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]) - hits[i][0])
+        groups: list[list[int]] = [[]]
+        for i in order:  # sorted by new tokens, so each group's padding is small
+            group = groups[-1]
+            width = len(prompts[i]) - hits[i][0]
+            if group and (len(group) + 1) * width > self.config.max_prefill_tokens:
+                groups.append(group := [])
+            group.append(i)
+
+        logits: list[torch.Tensor | None] = [None] * len(prompts)
+        kv_out: list[KV | None] = [None] * len(prompts)
+        dev = loaded.device
+        for group in groups:
+            cached_len = [hits[i][0] for i in group]
+            new = [prompts[i][c:] for i, c in zip(group, cached_len, strict=True)]
+            max_c, max_s = max(cached_len), max(len(s) for s in new)
+            b = len(group)
+            input_ids = torch.zeros(b, max_s, dtype=torch.long)
+            mask = torch.zeros(b, max_c + max_s, dtype=torch.long)
+            positions = torch.zeros(b, max_s, dtype=torch.long)
+            for r, (c, s) in enumerate(zip(cached_len, new, strict=True)):
+                input_ids[r, max_s - len(s) :] = torch.tensor(s)
+                mask[r, max_c - c : max_c] = 1
+                mask[r, max_c + max_s - len(s) :] = 1
+                positions[r, max_s - len(s) :] = torch.arange(c, c + len(s))
+            cache = DynamicCache()
+            if max_c:
+                past = [hits[i][1] for i in group]
+                template = next(kv for kv in past if kv is not None)
+                for layer, (k0, v0) in enumerate(template):
+                    keys = k0.new_zeros(b, k0.shape[1], max_c, k0.shape[3])
+                    values = v0.new_zeros(b, v0.shape[1], max_c, v0.shape[3])
+                    for r, kv in enumerate(past):
+                        if kv is not None:
+                            k, v = kv[layer]
+                            keys[r, :, max_c - k.shape[2] :] = k[0]
+                            values[r, :, max_c - v.shape[2] :] = v[0]
+                    cache.update(keys, values, layer)
+            out = loaded.model(
+                input_ids=input_ids.to(dev),
+                attention_mask=mask.to(dev),
+                position_ids=positions.to(dev),
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            last = out.logits[:, -1, :].float()
+            valid = mask.bool()
+            for r, i in enumerate(group):
+                logits[i] = last[r]
+                kv_out[i] = _row_kv(cache, r, valid[r].to(dev))
+                if self.prefix_cache.max_tokens and cached_len[r] < len(prompts[i]):
+                    self.prefix_cache.insert(prompts[i], kv_out[i])  # type: ignore[arg-type]
+        stacked = torch.stack([t for t in logits if t is not None])
+        return stacked, [kv for kv in kv_out if kv is not None], [h[0] for h in hits]
+
+    def _decode(
+        self,
+        loaded: LoadedModel,
+        rows: list[_Row],
+        src_index: list[int],
+        logits: torch.Tensor,
+        row_kv: list[KV],
+        tallies: list[_Tally],
+    ) -> None:
+        """Sample every row to completion; rows leave the batch as they finish."""
+        import torch
+        from transformers import DynamicCache
+
+        dev = loaded.device
+        # Fork: left-pad the distinct prompts' KV to one length, then gather one row per
+        # sample (the prompt KV is copied, never recomputed).
+        lengths = [kv[0][0].shape[2] for kv in row_kv]
+        width = max(lengths)
+        src = torch.tensor(src_index, device=dev)
+        cache = DynamicCache()
+        for layer in range(len(row_kv[0])):
+            k0, v0 = row_kv[0][layer]
+            keys = k0.new_zeros(len(row_kv), k0.shape[1], width, k0.shape[3])
+            values = v0.new_zeros(len(row_kv), v0.shape[1], width, v0.shape[3])
+            for r, kv in enumerate(row_kv):
+                keys[r, :, width - lengths[r] :] = kv[layer][0][0]
+                values[r, :, width - lengths[r] :] = kv[layer][1][0]
+            cache.update(keys.index_select(0, src), values.index_select(0, src), layer)
+        base_mask = torch.zeros(len(row_kv), width, dtype=torch.long)
+        for r, n in enumerate(lengths):
+            base_mask[r, width - n :] = 1
+        mask = base_mask.to(dev).index_select(0, src)
+        positions = torch.tensor([len(row.prompt) for row in rows], device=dev)
+        logits = logits.index_select(0, src)
+        params = _SamplingTensors.build(rows, dev)
+
+        active = list(rows)
+        insert_budget = self.prefix_cache.max_tokens
+        while True:
+            tokens, token_lps = params.sample(logits, [row.generator for row in active])
+            token_list = tokens.tolist()
+            lp_list = token_lps.tolist() if token_lps is not None else None
+            keep: list[int] = []
+            for i, row in enumerate(active):
+                self._advance(row, token_list[i], None if lp_list is None else lp_list[i])
+                if row.finish is None:
+                    keep.append(i)
+                    continue
+                tallies[row.req].generations[row.sample] = self._finish(row)
+                # A finished branch is what a strategy continues next: keep its KV.
+                fed = len(row.prompt) + len(row.tokens) - 1
+                if row.finish != "eos" and 0 < fed <= insert_budget:
+                    insert_budget -= fed
+                    kv = _row_kv(cache, i, mask[i].bool())
+                    self.prefix_cache.insert((*row.prompt, *row.tokens[:-1]), kv)
+            if not keep:
+                return
+            if len(keep) < len(active):
+                idx = torch.tensor(keep, device=dev)
+                active = [active[i] for i in keep]
+                mask, positions, tokens = mask[idx], positions[idx], tokens[idx]
+                params = params.select(idx)
+                # Columns that are padding for every remaining row can go.
+                first = int(mask.any(0).nonzero()[0])
+                for layer in cache.layers:
+                    layer.keys = layer.keys[idx, :, first:]
+                    layer.values = layer.values[idx, :, first:]
+                mask = mask[:, first:]
+            mask = torch.cat([mask, mask.new_ones(len(active), 1)], dim=1)
+            out = loaded.model(
+                input_ids=tokens.unsqueeze(1),
+                attention_mask=mask,
+                position_ids=positions.unsqueeze(1),
+                past_key_values=cache,
+                use_cache=True,
+            )
+            positions = positions + 1
+            logits = out.logits[:, -1, :].float()
+
+    def _advance(self, row: _Row, token: int, logprob: float | None) -> None:
+        row.tokens.append(token)
+        if logprob is not None:
+            row.logprobs.append(logprob)
+        if token in self.eos_token_ids:
+            row.finish = "eos"
+            return
+        if row.sampling.stop:
+            text = self._continuation(row.prompt, row.tokens)
+            end, matched = -1, None
+            for stop in row.sampling.stop:
+                at = text.find(stop)
+                if at >= 0 and (end < 0 or at + len(stop) < end):
+                    end, matched = at + len(stop), stop
+            if matched is not None:
+                row.text, row.finish, row.stop_reason = text[:end], "stop", matched
+                return
+        if len(row.tokens) >= row.max_new:
+            row.finish = "length"
+
+    def _finish(self, row: _Row) -> Generation:
+        if row.finish == "eos":
+            row.text = self._continuation(row.prompt, row.tokens[:-1])
+        elif row.finish == "length":
+            row.text = self._continuation(row.prompt, row.tokens)
+        assert row.finish is not None
+        return Generation(
+            token_ids=tuple(row.tokens),
+            text=row.text,
+            finish_reason=row.finish,
+            logprobs=tuple(row.logprobs) if row.sampling.logprobs else None,
+            stop_reason=row.stop_reason,
+        )
+
+
+def _row_kv(cache: Any, row: int, valid: torch.Tensor) -> KV:
+    """A contiguous copy of one row's KV at its non-padding positions, batch size 1."""
+    return [
+        (layer.keys[row : row + 1, :, valid], layer.values[row : row + 1, :, valid])
+        for layer in cache.layers
+    ]
+
+
+@dataclass(slots=True)
+class _SamplingTensors:
+    """Per-row sampling parameters as tensors, so one batch mixes greedy and sampled rows.
+
+    Processing order: temperature, min-p (relative to the top token), top-k, top-p (over
+    the mass top-k and min-p kept). Logprobs are of the unmodified model distribution.
+    """
+
+    temperature: torch.Tensor
+    top_k: torch.Tensor
+    top_p: torch.Tensor
+    min_p: torch.Tensor
+    want_logprobs: bool
+
+    @classmethod
+    def build(cls, rows: list[_Row], device: torch.device) -> _SamplingTensors:
+        import torch
+
+        def col(values: list[float], dtype: torch.dtype) -> torch.Tensor:
+            return torch.tensor(values, dtype=dtype, device=device)
+
+        return cls(
+            temperature=col([r.sampling.temperature for r in rows], torch.float32),
+            top_k=col([r.sampling.top_k for r in rows], torch.long),
+            top_p=col([r.sampling.top_p for r in rows], torch.float32),
+            min_p=col([r.sampling.min_p for r in rows], torch.float32),
+            want_logprobs=any(r.sampling.logprobs for r in rows),
+        )
+
+    def select(self, idx: torch.Tensor) -> _SamplingTensors:
+        return _SamplingTensors(
+            self.temperature[idx], self.top_k[idx], self.top_p[idx], self.min_p[idx],
+            self.want_logprobs,
+        )  # fmt: skip
+
+    def sample(
+        self, logits: torch.Tensor, generators: list[torch.Generator]
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Next token per row, and its model logprob when any row asked for logprobs."""
+        import torch
+
+        tokens = logits.argmax(-1)
+        sampled = (self.temperature > 0).nonzero().squeeze(1)
+        if sampled.numel():
+            vocab = logits.shape[-1]
+            probs = torch.softmax(logits[sampled] / self.temperature[sampled, None], dim=-1)
+            min_p = self.min_p[sampled, None]
+            if bool((min_p > 0).any()):
+                probs = probs.masked_fill(probs < min_p * probs.amax(-1, keepdim=True), 0.0)
+            top_k, top_p = self.top_k[sampled, None], self.top_p[sampled, None]
+            order = None
+            if bool((top_k > 0).any() or (top_p < 1).any()):
+                probs, order = probs.sort(-1, descending=True)
+                ranks = torch.arange(vocab, device=probs.device)
+                probs = probs.masked_fill((top_k > 0) & (ranks >= top_k), 0.0)
+                cum = probs.cumsum(-1)
+                # Drop a token once the mass before it already reaches top_p (the top
+                # token always stays).
+                probs = probs.masked_fill(cum - probs >= top_p * cum[:, -1:], 0.0)
+            cum = probs.cumsum(-1)
+            # Inverse-CDF sampling with one uniform per row from the row's own generator:
+            # a seeded sample draws the same numbers whatever batch it is in.
+            u = torch.tensor(
+                [float(torch.rand((), generator=generators[i])) for i in sampled.tolist()],
+                device=probs.device,
+            )
+            pick = torch.searchsorted(cum, (u * cum[:, -1]).unsqueeze(1), right=True)
+            pick = pick.clamp_(max=vocab - 1)
+            if order is not None:
+                pick = order.gather(1, pick)
+            tokens[sampled] = pick.squeeze(1)
+        logprobs = None
+        if self.want_logprobs:
+            lsm = torch.log_softmax(logits, dim=-1)
+            logprobs = lsm.gather(1, tokens.unsqueeze(1)).squeeze(1)
+        return tokens, logprobs
