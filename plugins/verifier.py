@@ -16,22 +16,27 @@ Why a process pool for math-verify: its own timeouts use `signal.alarm`, which o
 on the main thread, and the runner grades from worker threads. Worse, some inputs (e.g.
 `10^{10^{10}}`) make sympy compute a huge integer inside one C call that holds the GIL, so
 a watchdog *thread* could not even wake up to give up. We therefore disable math-verify's
-timeouts and run it in a few spawned worker processes; the caller waits on a pipe with a
-deadline and kills a worker that overruns (a fresh one is started on demand). Workers are
-spawned rather than forked because forking a process that runs threads is unsafe.
+timeouts and run it in a few worker processes (fresh interpreters talking JSON lines over
+pipes); the caller waits for the reply with a deadline and kills a worker that overruns (a
+fresh one is started on demand).
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import json
 import logging
 import math
-import multiprocessing
 import os
+import queue
 import re
+import subprocess
+import sys
 import threading
 from fractions import Fraction
-from multiprocessing.connection import Connection
-from typing import Any
+
+from ttc.errors import TtcError
 
 logger = logging.getLogger(__name__)
 
@@ -273,19 +278,25 @@ def _as_latex(answer: str) -> str:
 
 # -- the math-verify worker pool ----------------------------------------------------------
 
+# The worker is a fresh interpreter (`python -c`), not a multiprocessing child: spawn and
+# forkserver re-import the parent's main script, which breaks scripts that lack an
+# `if __name__ == "__main__"` guard, and fork is unsafe in a process that runs threads.
+_WORKER_CODE = "from ttc.plugins.verifier import _serve; _serve()"
 
-def _serve(conn: Connection) -> None:
-    """Worker process: answer (gold, prediction) pairs with True/False until the pipe closes."""
+
+def _serve() -> None:
+    """Worker process: read `[gold, prediction]` JSON lines on stdin, answer `true`/`false`
+    lines on stdout, until stdin closes."""
+    protocol = sys.stdout
+    sys.stdout = sys.stderr  # a stray print from a library must not corrupt the protocol
     logging.getLogger("math_verify").setLevel(logging.ERROR)  # "timeout disabled" warnings
     from math_verify import parse, verify
 
-    conn.send("ready")
-    while True:
+    protocol.write("ready\n")
+    protocol.flush()
+    for line in sys.stdin:
         try:
-            gold, prediction = conn.recv()
-        except (EOFError, OSError):
-            return
-        try:
+            gold, prediction = json.loads(line)
             # Timeouts off: the parent enforces the deadline by killing this process.
             ok = verify(
                 parse(gold, parsing_timeout=None),  # type: ignore[arg-type]
@@ -294,36 +305,61 @@ def _serve(conn: Connection) -> None:
             )
         except Exception:  # a parse or sympy failure means "cannot show equal"
             ok = False
-        conn.send(bool(ok))
+        protocol.write("true\n" if ok else "false\n")
+        protocol.flush()
 
 
 class _Worker:
     def __init__(self) -> None:
-        ctx = multiprocessing.get_context("spawn")
-        self.conn, child = ctx.Pipe()
-        self.process: Any = ctx.Process(
-            target=_serve, args=(child,), daemon=True, name="ttc-math-verify"
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", _WORKER_CODE],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            encoding="utf-8",
         )
-        self.process.start()
-        child.close()
-        if not self.conn.poll(STARTUP_TIMEOUT_S) or self.conn.recv() != "ready":
+        # A reader thread turns the blocking pipe into a queue we can wait on with a
+        # deadline, portably (select() does not take pipes on Windows). It ends at EOF,
+        # i.e. when the worker exits or is killed.
+        self.replies: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True, name="ttc-math-verify-reader").start()
+        try:
+            ready = self.replies.get(timeout=STARTUP_TIMEOUT_S) == "ready"
+        except queue.Empty:
+            ready = False
+        if not ready:
             self.kill()
-            raise RuntimeError("math-verify worker did not start")
+            raise TtcError(
+                "the math-verify worker process did not start",
+                hint="check that `python -c 'import math_verify, ttc'` works in this environment",
+            )
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        # This thread owns stdout: closing it from another thread while readline blocks
+        # is not safe, so it is closed here, after EOF.
+        with self.process.stdout as stdout:
+            for line in stdout:
+                self.replies.put(line.strip())
+        self.replies.put("")  # EOF: the worker is gone
 
     def ask(self, gold: str, prediction: str, timeout_s: float) -> bool | None:
         """The worker's answer, or None when it overran the deadline or died."""
+        assert self.process.stdin is not None
         try:
-            self.conn.send((gold, prediction))
-            if not self.conn.poll(timeout_s):
-                return None
-            return bool(self.conn.recv())
-        except (EOFError, OSError):
+            self.process.stdin.write(json.dumps([gold, prediction]) + "\n")
+            self.process.stdin.flush()
+            reply = self.replies.get(timeout=timeout_s)
+        except (OSError, ValueError, queue.Empty):  # broken pipe, closed file, deadline
             return None
+        return {"true": True, "false": False}.get(reply)
 
     def kill(self) -> None:
         self.process.kill()
-        self.process.join(timeout=5)
-        self.conn.close()
+        self.process.wait(timeout=5)
+        if self.process.stdin is not None:
+            with contextlib.suppress(OSError):  # a broken pipe has nothing left to flush
+                self.process.stdin.close()
 
 
 class MathVerifyPool:
@@ -332,6 +368,7 @@ class MathVerifyPool:
     def __init__(self, max_workers: int) -> None:
         self._slots = threading.BoundedSemaphore(max_workers)
         self._idle: list[_Worker] = []
+        self._live: set[_Worker] = set()
         self._lock = threading.Lock()
         self.restarts = 0
         """Workers killed for overrunning (for tests and diagnostics)."""
@@ -342,18 +379,23 @@ class MathVerifyPool:
                 worker = self._idle.pop() if self._idle else None
             if worker is None:
                 worker = _Worker()
+                with self._lock:
+                    self._live.add(worker)
             result = worker.ask(gold, prediction, timeout_s)
+            with self._lock:
+                if result is None:
+                    self._live.discard(worker)
+                    self.restarts += 1
+                else:
+                    self._idle.append(worker)
             if result is None:
                 worker.kill()
-                self.restarts += 1
-            else:
-                with self._lock:
-                    self._idle.append(worker)
             return result
 
     def close(self) -> None:
+        """Kill every worker, busy ones too (a busy one may be stuck in sympy)."""
         with self._lock:
-            workers, self._idle = self._idle, []
+            workers, self._live, self._idle = self._live, set(), []
         for worker in workers:
             worker.kill()
 
@@ -371,9 +413,13 @@ def _pool() -> MathVerifyPool:
 
 
 def shutdown() -> None:
-    """Stop the shared math-verify workers (they are daemons, so exiting stops them too)."""
+    """Stop the shared math-verify workers; the next comparison starts new ones."""
     global _shared
     with _shared_lock:
         pool, _shared = _shared, None
     if pool is not None:
         pool.close()
+
+
+# An idle worker exits when its stdin closes with us; a busy one would not.
+atexit.register(shutdown)

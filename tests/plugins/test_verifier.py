@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 from ttc.plugins import verifier
@@ -137,3 +140,15 @@ def test_is_equivalent_counts_a_timeout_as_wrong(caplog: pytest.LogCaptureFixtur
     assert "gave up" in caplog.text
     verifier.shutdown()  # the shared pool restarts on demand
     assert is_equivalent("\\sqrt{4}", "2") is True
+
+
+def test_grading_from_a_script_without_main_guard(tmp_path: Path) -> None:
+    # Workers must not re-import the caller's script (multiprocessing's spawn would).
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "from ttc.plugins.verifier import is_equivalent\n"
+        "print(is_equivalent('\\\\sqrt{4}', '2'), is_equivalent('x', 'y'))\n"
+    )
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "False"]
