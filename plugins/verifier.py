@@ -245,8 +245,9 @@ def is_equivalent(
 ) -> bool:
     """Whether `answer` states the same mathematical object as `reference`.
 
-    Safe to call from any thread; never takes longer than about `timeout_s` (a comparison
-    that overruns counts as not equivalent and is logged).
+    Safe to call from any thread. A math-verify comparison may take `timeout_s` (plus a
+    worker's start-up, about half a second, on first use or after a kill); one that
+    overruns counts as not equivalent and is logged.
     """
     if answer is None or reference is None or not answer.strip():
         return False
