@@ -14,7 +14,9 @@ import ttc
 
 @ttc.hookimpl
 def register_backends(register: Callable[..., None]) -> None:
-    pass
+    from ttc.backends.hf import HFBackend, HFBackendConfig
+
+    register(HFBackend, HFBackendConfig)
 
 
 @ttc.hookimpl
