@@ -154,8 +154,9 @@ def load_hub_rows(path: str, *, subset: str | None, split: str) -> list[dict[str
         with _quiet(datasets):
             dataset = datasets.load_dataset(path, subset, split=split)
     except Exception as exc:  # connection, missing cache, unknown split or id
+        hint = "pass task.data_files=<local jsonl>" if _offline() else _OFFLINE_HINT
         raise DataError(
-            f"cannot load {name} from the hub: {type(exc).__name__}: {exc}", hint=_OFFLINE_HINT
+            f"cannot load {name} from the hub: {type(exc).__name__}: {exc}", hint=hint
         ) from exc
     return list(dataset)
 
