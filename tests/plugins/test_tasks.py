@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from ttc.config import instantiate_config
 from ttc.errors import ConfigError, DataError
 from ttc.plugins.tasks import hub

@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+
 from ttc.plugins import verifier
 from ttc.plugins.verifier import (
     MathVerifyPool,
