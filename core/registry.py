@@ -14,6 +14,7 @@ Environment:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import importlib.metadata as md
 import importlib.resources
@@ -116,7 +117,11 @@ class Registry:
                 hint="set the class attribute `name = '...'`",
             )
         group_base = GROUP_BASES[kind]
-        if not (dataclasses.is_dataclass(config_cls) and issubclass(config_cls, group_base)):
+        if not (
+            isinstance(config_cls, type)
+            and dataclasses.is_dataclass(config_cls)
+            and issubclass(config_cls, group_base)
+        ):
             raise PluginError(
                 f"plugin '{plugin}' registered {kind} '{name}' with config {config_cls!r}, "
                 f"which is not a dataclass subclassing ttc.config.{group_base.__name__}",
@@ -169,7 +174,8 @@ def build_plugin_manager() -> tuple[pluggy.PluginManager, dict[str, PluginInfo]]
         infos[name] = PluginInfo(name, version, dist, builtin)
 
     for name, module_name in BUILTIN_PLUGINS.items():
-        load(name, lambda m=module_name: importlib.import_module(m), "ttc", _own_version(), True)
+        load(name, functools.partial(importlib.import_module, module_name), "ttc",
+             _own_version(), True)  # fmt: skip
 
     allowed = _allowed_third_party()
     for ep in md.entry_points(group=ENTRY_POINT_GROUP):
@@ -185,7 +191,8 @@ def build_plugin_manager() -> tuple[pluggy.PluginManager, dict[str, PluginInfo]]
             continue
         dist, version = _distribution_of(module_name)
         version = version if dist else "local"
-        load(module_name, lambda m=module_name: importlib.import_module(m), dist, version, False)
+        load(module_name, functools.partial(importlib.import_module, module_name), dist,
+             version, False)  # fmt: skip
 
     try:
         pm.check_pending()

@@ -64,9 +64,10 @@ def build_components(cfg: DictConfig, registry: Registry) -> Components:
     reward: RewardModel | None = None
     if str(cfg.reward.name) != "none":
         reward_cls, reward_cfg = make("reward")
-        reward = reward_cls(reward_cfg, backend=backend) if reward_cls.needs_backend else (
-            reward_cls(reward_cfg)
-        )
+        if getattr(reward_cls, "needs_backend", False):
+            reward = reward_cls(reward_cfg, backend=backend)
+        else:
+            reward = reward_cls(reward_cfg)
     strategy: Strategy = strategy_cls(strategy_cfg)
     if strategy.uses_reward and reward is None:
         raise ConfigError(
@@ -191,9 +192,11 @@ class Runner:
         if cfg.resume:
             run_id = store.resolve_id(str(cfg.resume))
             stored = store.get_run(run_id)
-            cfg = OmegaConf.merge(
+            merged = OmegaConf.merge(
                 OmegaConf.structured(_root_schema()), stored["config"], {"resume": run_id}
             )
+            assert isinstance(merged, DictConfig)
+            cfg = merged
             cfg.store = self.cfg.store  # the store we found it in
             cfg.run = OmegaConf.merge(cfg.run, self.cfg.get("run", {}))
             done = store.finished_problem_ids(run_id)
@@ -206,7 +209,7 @@ class Runner:
             store.set_status(run_id, "running")
         else:
             run_id = store.create_run(
-                config={k: v for k, v in plain.items() if k != "resume"},
+                config={str(k): v for k, v in plain.items() if k != "resume"},
                 strategy=parts.strategy.name,
                 backend=parts.backend.name,
                 model=parts.backend.model_name,

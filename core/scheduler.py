@@ -169,8 +169,7 @@ class Scheduler:
             latency = time.perf_counter() - t0
             self.generate_queue.stats.sizes.append(len(requests))
             return [
-                r if isinstance(r, BaseException) else Batched(r, size, latency)
-                for r in results
+                r if isinstance(r, BaseException) else Batched(r, size, latency) for r in results
             ]
         finally:
             self._inflight -= len(requests)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -19,7 +19,7 @@ def plugins(
 
     with errors_to_exit():
         registry = get_registry()
-        rows = [
+        rows: list[dict[str, Any]] = [
             {
                 "name": p.name,
                 "version": p.version,

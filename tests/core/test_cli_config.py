@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import DOUBLES, ttc_cli
 
 from ttc.errors import ConfigError
 from ttc.launch import compose, expand_sweep
+
+from conftest import DOUBLES, ttc_cli
 
 
 def _error_lines(stderr: str) -> list[str]:

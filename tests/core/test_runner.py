@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import doubles
 import pytest
-from conftest import DOUBLES
 
 from ttc.launch import compose
 from ttc.runner import Runner
 from ttc.store import Store
+
+import doubles
+from conftest import DOUBLES
 
 
 def run_job(store_url: str, *overrides: str):

@@ -13,11 +13,12 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import DOUBLES, subprocess_env, ttc_cli
 from sqlalchemy import create_engine, inspect
 
 from ttc.store import Store
 from ttc.store.store import TOTAL_KEYS, alembic_config, make_engine, upgrade
+
+from conftest import DOUBLES, subprocess_env, ttc_cli
 
 
 def _table(text: str) -> dict[str, str]:

@@ -1,0 +1,271 @@
+"""Test doubles and a conformance suite for plugin authors.
+
+Nothing here is registered by ttc itself: a test suite registers the doubles as a plugin
+(ttc's own tests do so in tests/doubles.py), or subclasses `StrategyConformance`.
+
+- `scripted` backend: a character-level fake model. Each call emits the next step of a
+  scripted solution ("Step k: ...") and, after `steps` steps, a final answer that is right
+  with probability `p_correct`. Deterministic per request seed. It records the size of
+  every batch it is handed.
+- `synthetic` task: problems whose reference answer is known to the backend double.
+- `synthetic` reward: scores a step 0.9 when it is right, 0.1 when it is wrong (+ noise).
+
+None of these are product components: they stand in for a model in tests of the spine.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ttc.budget import Budget, Ledger
+from ttc.config import BackendConfig, RewardConfig, TaskConfig, bounded
+from ttc.context import SolveContext
+from ttc.cost import CostModel
+from ttc.interfaces import Backend, RewardModel, Strategy, Task
+from ttc.scheduler import Scheduler
+from ttc.types import (
+    GenerateRequest,
+    GenerateResult,
+    Generation,
+    ModelArchitecture,
+    Problem,
+    ScoreRequest,
+    ScoreResult,
+    Solution,
+    Usage,
+)
+
+BATCH_SIZES: list[int] = []
+"""Sizes of every batch any scripted backend in this process was handed."""
+_lock = threading.Lock()
+
+PROMPT_END = "Solution:\n"
+
+
+@dataclass
+class ScriptedBackendConfig(BackendConfig):
+    name: str = "scripted"
+    steps: int = bounded(3, ge=0)
+    p_correct: float = bounded(0.5, ge=0.0, le=1.0)
+    delay_s: float = bounded(0.0, ge=0.0, help="sleep per batch (to make runs slow)")
+    fail_marker: str = ""
+    """Requests whose prompt contains this string raise (for failure-isolation tests)."""
+
+
+class ScriptedBackend(Backend):
+    name = "scripted"
+
+    def render(self, problem: Problem) -> str:
+        return (problem.prompt or "") + "\n" + PROMPT_END
+
+    def encode(self, text: str) -> list[int]:
+        return [ord(c) % 256 for c in text]
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        return "".join(chr(t) for t in token_ids)
+
+    @property
+    def architecture(self) -> ModelArchitecture:
+        return ModelArchitecture(
+            params=1_000_000, layers=4, hidden=128, heads=4, kv_heads=4, vocab=256
+        )
+
+    def _script(self, prompt: str, rng: random.Random) -> tuple[str, bool]:
+        """The next chunk of the solution after `prompt`, and whether it ends it."""
+        head, _, done = prompt.partition(PROMPT_END)
+        m = re.search(r"answer=(-?\d+)", head)
+        answer = int(m.group(1)) if m else 0
+        k = done.count("Step ")
+        if k < self.config.steps:
+            right = rng.random() < self.config.p_correct ** (1 / max(self.config.steps, 1))
+            return f"Step {k + 1}: {'ok' if right else 'hmm'}.\n\n", False
+        final = answer if rng.random() < self.config.p_correct else answer + rng.randint(1, 9)
+        return f"The answer is \\boxed{{{final}}}.", True
+
+    def _generate(self, req: GenerateRequest) -> GenerateResult:
+        prompt = req.prompt
+        if self.config.fail_marker and self.config.fail_marker in prompt:
+            raise RuntimeError("scripted failure")
+        s = req.sampling
+        gens = []
+        for i in range(s.n):
+            rng = random.Random(f"{s.seed}:{i}:{len(prompt)}")
+            text, ended = "", False
+            while not ended:
+                chunk, ended = self._script(prompt + text, rng)
+                text += chunk
+                hit = next((st for st in s.stop if st in text), None)
+                if hit is not None and not ended:
+                    break
+            reason = "eos" if ended else "stop"
+            if len(text) > s.max_tokens:
+                text, reason = text[: s.max_tokens], "length"
+            ids = tuple(self.encode(text))
+            logprobs = tuple(-0.1 for _ in ids) if s.logprobs else None
+            gens.append(
+                Generation(
+                    token_ids=ids,
+                    text=text,
+                    finish_reason=reason,  # type: ignore[arg-type]
+                    logprobs=logprobs,
+                    stop_reason=s.stop[0] if reason == "stop" and s.stop else None,
+                )
+            )
+        n_prompt = len(req.prompt_token_ids or self.encode(prompt))
+        return GenerateResult(
+            generations=tuple(gens),
+            usage=Usage(
+                prompt_tokens=n_prompt,
+                cached_prompt_tokens=0,
+                completion_tokens=sum(len(g.token_ids) for g in gens),
+            ),
+        )
+
+    def generate_batch(self, requests: Sequence[GenerateRequest]) -> list[GenerateResult]:
+        with _lock:
+            BATCH_SIZES.append(len(requests))
+        if self.config.delay_s:
+            time.sleep(self.config.delay_s)
+        return [self._generate(r) for r in requests]
+
+
+@dataclass
+class SyntheticTaskConfig(TaskConfig):
+    name: str = "synthetic"
+    n_problems: int = bounded(16, ge=1)
+    fail_ids: list[str] | None = None
+    """Problems whose prompt carries the backend's fail marker."""
+
+
+class SyntheticTask(Task):
+    name = "synthetic"
+
+    def load(self) -> list[Problem]:
+        rng = random.Random(self.config.seed)
+        problems = []
+        for i in range(self.config.n_problems):
+            answer = rng.randint(10, 99)
+            pid = f"p{i:03d}"
+            fail = " FAIL" if self.config.fail_ids and pid in self.config.fail_ids else ""
+            problems.append(
+                Problem(id=pid, prompt=f"Problem {i} answer={answer}{fail}", reference=str(answer))
+            )
+        return problems[: self.config.limit] if self.config.limit else problems
+
+    def extract_answer(self, text: str) -> str | None:
+        m = re.findall(r"\\boxed\{([^}]*)\}", text)
+        return m[-1] if m else None
+
+    def is_correct(self, answer: str | None, problem: Problem) -> bool | None:
+        return answer is not None and answer.strip() == problem.reference
+
+
+@dataclass
+class SyntheticRewardConfig(RewardConfig):
+    name: str = "synthetic"
+    noise: float = bounded(0.0, ge=0.0)
+    tokens_per_step: int = bounded(5, ge=0)
+
+
+class SyntheticReward(RewardModel):
+    name = "synthetic"
+
+    def score_batch(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
+        out = []
+        for r in requests:
+            rng = random.Random("|".join(r.steps))
+            ref = r.problem.reference
+            scores = []
+            for s in r.steps:
+                if "\\boxed" in s:  # a final step: right iff it states the reference
+                    good = ref is not None and f"{{{ref}}}" in s
+                else:
+                    good = "hmm" not in s
+                value = (0.9 if good else 0.1) + rng.gauss(0, self.config.noise)
+                scores.append(min(max(value, 0.0), 1.0))
+            new = len(r.steps) - r.scored_steps
+            out.append(
+                ScoreResult(step_scores=tuple(scores), tokens=new * self.config.tokens_per_step)
+            )
+        return out
+
+
+def synthetic_problem(index: int = 0, *, answer: int = 42) -> Problem:
+    """A problem the scripted backend and synthetic reward understand."""
+    return Problem(
+        id=f"p{index:03d}", prompt=f"Problem {index} answer={answer}", reference=str(answer)
+    )
+
+
+class StrategyConformance:
+    """A conformance suite for strategies: subclass it in a test module as `TestX` and set
+    `strategy` to an instance of yours; pytest runs the inherited tests.
+
+    Override `backend_config` / `reward_config` to change the scripted environment.
+    """
+
+    strategy: Strategy
+    backend_config = ScriptedBackendConfig(steps=2, p_correct=0.7)
+    reward_config = SyntheticRewardConfig(noise=0.05)
+
+    def solve(
+        self, problem: Problem | None = None, *, budget: Budget | None = None
+    ) -> tuple[Solution, SolveContext]:
+        import asyncio
+
+        problem = problem or synthetic_problem()
+        backend = ScriptedBackend(self.backend_config)
+        reward = SyntheticReward(self.reward_config) if self.strategy.uses_reward else None
+        task = SyntheticTask(SyntheticTaskConfig())
+
+        async def go() -> tuple[Solution, SolveContext]:
+            scheduler = Scheduler(backend, reward, max_batch_size=64, max_wait_s=0.0)
+            prompt = backend.render(problem)
+            ctx = SolveContext(
+                problem=problem,
+                prompt=prompt,
+                prompt_ids=backend.encode(prompt),
+                scheduler=scheduler,
+                ledger=Ledger(budget or Budget(), CostModel(backend.architecture)),
+                task=task,
+            )
+            return await self.strategy.solve(problem, ctx), ctx
+
+        return asyncio.run(go())
+
+    def test_returns_an_answer_stated_by_one_of_its_branches(self) -> None:
+        solution, ctx = self.solve()
+        assert isinstance(solution, Solution)
+        assert solution.answer is not None
+        stated = {ctx.answer(b) for b in ctx.branches.values() if b.step_texts}
+        assert solution.answer in stated
+        if solution.branch is not None:
+            assert solution.branch.id in ctx.branches
+
+    def test_stays_within_a_token_budget(self) -> None:
+        for limit in (8, 30, 90):
+            _, ctx = self.solve(budget=Budget(tokens=limit))
+            assert ctx.ledger.spent.tokens <= limit
+
+    def test_stays_within_a_sample_budget(self) -> None:
+        for limit in (1, 3):
+            _, ctx = self.solve(budget=Budget(samples=limit))
+            assert ctx.ledger.spent.samples <= limit
+
+    def test_a_refused_first_call_ends_the_search_without_raising(self) -> None:
+        solution, ctx = self.solve(budget=Budget(flops=1.0))
+        assert isinstance(solution, Solution)
+        assert any(c.status == "refused" for c in ctx.calls)
+        assert ctx.ledger.spent.tokens == 0
+
+    def test_every_branch_descends_from_the_root(self) -> None:
+        _, ctx = self.solve()
+        for b in ctx.branches.values():
+            if b.parent_id is not None:
+                assert b.parent_id in ctx.branches
+                assert b.step == ctx.branches[b.parent_id].step + 1
