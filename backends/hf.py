@@ -52,6 +52,7 @@ from ttc.types import (
 if TYPE_CHECKING:
     import numpy as np
     import torch
+
     from ttc.backends.models import LoadedModel
 
 KV = list[tuple["torch.Tensor", "torch.Tensor"]]
@@ -583,9 +584,7 @@ class HFBackend(Backend):
                 params = params.select(idx)
                 # Columns that are padding for every remaining row can go.
                 first = int(mask.any(0).nonzero()[0])
-                for layer in cache.layers:
-                    layer.keys = layer.keys[idx, :, first:]
-                    layer.values = layer.values[idx, :, first:]
+                _keep_rows(cache, idx, first)
                 mask = mask[:, first:]
             mask = torch.cat([mask, mask.new_ones(len(active), 1)], dim=1)
             out = loaded.model(
@@ -631,6 +630,13 @@ class HFBackend(Backend):
             logprobs=tuple(row.logprobs) if row.sampling.logprobs else None,
             stop_reason=row.stop_reason,
         )
+
+
+def _keep_rows(cache: Any, rows: torch.Tensor, first: int) -> None:
+    """Keep only `rows` of a DynamicCache, and its columns from `first` on."""
+    for layer in cache.layers:
+        layer.keys = layer.keys[rows, :, first:]
+        layer.values = layer.values[rows, :, first:]
 
 
 def _row_kv(cache: Any, row: int, valid: torch.Tensor) -> KV:

@@ -402,7 +402,7 @@ def load_model(
             if str(model_dir).startswith(str(cache_dir(cache)))
             else _hint_specs(),
         ) from exc
-    model.to(dev)
+    model.to(dev)  # type: ignore[arg-type]  # transformers types `to` too narrowly
     model.eval()
     return LoadedModel(
         model=model,
@@ -418,7 +418,7 @@ def architecture_of(config: Any, model: Any | None = None) -> ModelArchitecture:
     """The cost model's view of a decoder: counts from `config`, parameters from `model`.
 
     Multimodal configs are read through their text config. Without a model the parameter
-    count is estimated from the shapes (attention, gated MLP, embeddings).
+    count is estimated from the shapes (attention, gated MLP, norms, embeddings).
     """
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     hidden = int(text.hidden_size)
@@ -439,7 +439,8 @@ def architecture_of(config: Any, model: Any | None = None) -> ModelArchitecture:
         attn = hidden * head_dim * (heads + 2 * kv_heads) + heads * head_dim * hidden
         mlp = 3 * hidden * (intermediate or 4 * hidden)
         tied = bool(getattr(text, "tie_word_embeddings", False))
-        params = layers * (attn + mlp) + vocab * hidden * (1 if tied else 2)
+        norms = (2 * layers + 1) * hidden  # two RMSNorms per layer and a final one
+        params = layers * (attn + mlp) + norms + vocab * hidden * (1 if tied else 2)
         bytes_per_param = 4.0
     return ModelArchitecture(
         params=int(params),
