@@ -21,11 +21,28 @@ def register_backends(register: Callable[..., None]) -> None:
 
 @ttc.hookimpl
 def register_strategies(register: Callable[..., None]) -> None:
+    from ttc.strategies.a_star import AStar, AStarConfig
+    from ttc.strategies.adaptive_consistency import (
+        AdaptiveConsistency,
+        AdaptiveConsistencyConfig,
+    )
     from ttc.strategies.beam_search import BeamSearch, BeamSearchConfig
+    from ttc.strategies.best_of_majority import BestOfMajority, BestOfMajorityConfig
     from ttc.strategies.best_of_n import BestOfN, BestOfNConfig
+    from ttc.strategies.dvts import Dvts, DvtsConfig
+    from ttc.strategies.particle_filter import ParticleFilter, ParticleFilterConfig
+    from ttc.strategies.particle_gibbs import ParticleGibbs, ParticleGibbsConfig
+    from ttc.strategies.self_consistency import SelfConsistency, SelfConsistencyConfig
 
     register(BestOfN, BestOfNConfig)
     register(BeamSearch, BeamSearchConfig)
+    register(SelfConsistency, SelfConsistencyConfig)
+    register(BestOfMajority, BestOfMajorityConfig)
+    register(Dvts, DvtsConfig)
+    register(ParticleFilter, ParticleFilterConfig)
+    register(ParticleGibbs, ParticleGibbsConfig)
+    register(AStar, AStarConfig)
+    register(AdaptiveConsistency, AdaptiveConsistencyConfig)
 
 
 @ttc.hookimpl

@@ -1,11 +1,13 @@
 """`beam_search`: step-level, reward-guided beam search.
 
-Each round continues every beam by one step (`expansions` samples per beam, a step ends
-at `step_delimiter` or after `step_tokens` tokens), scores the new steps with the process
-reward model, keeps finished solutions, and keeps the `beam_width` best unfinished ones.
-It stops when `beam_width` solutions are finished, no beam is left, `max_steps` rounds
-ran, or the budget refuses a call; the best finished solution (else the best partial
-one) is returned.
+Snell et al., "Scaling LLM Test-Time Compute Optimally can be More Effective than
+Scaling Model Parameters" (2024). Each round continues every beam by one step
+(`expansions` samples per beam; a step ends at `step_delimiter`, or after `step_tokens`
+tokens when the delimiter is empty), scores the new steps with the process reward model,
+sets finished solutions aside, and keeps the `beam_width` best unfinished ones. It stops
+when `beam_width` solutions are finished, no beam is left, `max_steps` rounds ran, or
+the budget refuses a call; the best finished solution (else the best partial one) is
+returned.
 """
 
 from __future__ import annotations
@@ -14,9 +16,17 @@ from dataclasses import dataclass
 
 from ttc.config import StrategyConfig, bounded
 from ttc.context import SolveContext
-from ttc.errors import BudgetExceeded
 from ttc.interfaces import Strategy
-from ttc.types import Branch, Problem, Sampling, Solution
+from ttc.strategies.common import (
+    STOPS,
+    best_by_score,
+    ended_by,
+    mark_steps,
+    score_of,
+    solution,
+    step_sampling,
+)
+from ttc.types import Branch, Problem, Solution
 
 
 @dataclass
@@ -26,13 +36,10 @@ class BeamSearchConfig(StrategyConfig):
     expansions: int = bounded(2, ge=1, help="samples per beam per round")
     max_steps: int = bounded(16, ge=1, help="rounds at most")
     step_delimiter: str = "\n\n"
+    """A step ends where this string appears; empty: steps of `step_tokens` tokens."""
     step_tokens: int = bounded(128, ge=1, help="tokens per step at most")
     temperature: float = bounded(0.8, ge=0.0)
     top_p: float = bounded(1.0, gt=0.0, le=1.0)
-
-
-def _score(b: Branch) -> float:
-    return b.score if b.score is not None else float("-inf")
 
 
 class BeamSearch(Strategy):
@@ -40,40 +47,36 @@ class BeamSearch(Strategy):
 
     async def solve(self, problem: Problem, ctx: SolveContext) -> Solution:
         c = self.config
-        sampling = Sampling(
+        sampling = step_sampling(
             n=c.expansions,
             temperature=c.temperature,
             top_p=c.top_p,
-            max_tokens=c.step_tokens,
-            stop=(c.step_delimiter,) if c.step_delimiter else (),
+            step_delimiter=c.step_delimiter,
+            step_tokens=c.step_tokens,
         )
         beams: list[Branch] = [ctx.root]
         finished: list[Branch] = []
         partial: list[Branch] = []
-        ended_by = "max_steps"
+        stop = "max_steps"
         for _ in range(c.max_steps):
             try:
                 children = await ctx.generate(beams, sampling)
+                mark_steps(children)
                 await ctx.score(children)
-            except BudgetExceeded:
-                ended_by = "budget"
+            except STOPS as exc:
+                stop = ended_by(ctx, exc)
                 break
             finished += [b for b in children if b.finished]
-            active = sorted((b for b in children if not b.finished), key=_score, reverse=True)
+            active = sorted((b for b in children if not b.finished), key=score_of, reverse=True)
             partial = active or partial
             beams = active[: c.beam_width]
+            for b in beams:  # survival is recorded; `selected` marks the answer only
+                b.extra["kept"] = True
             if len(finished) >= c.beam_width:
-                ended_by = "finished"
+                stop = "finished"
                 break
             if not beams:
-                ended_by = "no_beams"
+                stop = "no_beams"
                 break
-        pool = finished or partial
-        if not pool:
-            return Solution(answer=None, trace={"ended_by": ended_by})
-        best = max(pool, key=_score)
-        return Solution(
-            answer=ctx.answer(best),
-            branch=best,
-            trace={"ended_by": ended_by, "finished": len(finished)},
-        )
+        best = best_by_score(finished or partial)
+        return solution(ctx, best, ended_by=stop, finished=len(finished))

@@ -1,20 +1,30 @@
 """`best_of_n`: sample n complete solutions, rank them with the reward model.
 
-Step scores are aggregated per `reward.aggregate` (last, min, prod, mean). When the
-budget cannot pay for n samples, as many as it allows are drawn; when scoring is refused,
-the answer falls back to a majority vote over the samples.
+Step scores become one score per sample by `reward.aggregate` (last, min, prod, mean), or
+by the strategy's own `aggregate` when set. When the budget cannot pay for n samples, as
+many as it allows are drawn; when scoring is refused, the answer falls back to a majority
+vote over the samples.
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
 from ttc.config import StrategyConfig, bounded
 from ttc.context import SolveContext
-from ttc.errors import BudgetExceeded
 from ttc.interfaces import Strategy
+from ttc.strategies.common import (
+    STOPS,
+    best_by_score,
+    ended_by,
+    finish_all,
+    solution,
+    tally,
+)
 from ttc.types import Branch, Problem, Sampling, Solution
+
+AGGREGATIONS = ["last", "min", "prod", "mean"]
 
 
 @dataclass
@@ -26,16 +36,33 @@ class BestOfNConfig(StrategyConfig):
     top_k: int = bounded(0, ge=0)
     min_p: float = bounded(0.0, ge=0.0, le=1.0)
     max_tokens: int = bounded(512, ge=1, help="tokens per sample")
+    aggregate: str | None = bounded(
+        None, choices=AGGREGATIONS, help="step-score aggregation (default: reward.aggregate)"
+    )
 
 
 def majority(ctx: SolveContext, branches: list[Branch]) -> Branch | None:
-    """The first branch stating the most frequent (normalised) answer."""
-    answered = [(b, ctx.answer(b)) for b in branches]
-    votes = Counter(ctx.normalize(a) for _, a in answered if a is not None)
+    """The best branch stating the most frequent (normalised) answer."""
+    votes = tally(ctx, branches)
     if not votes:
         return branches[0] if branches else None
-    top = votes.most_common(1)[0][0]
-    return next(b for b, a in answered if a is not None and ctx.normalize(a) == top)
+    return votes[0].best
+
+
+def sampling_for(ctx: SolveContext, c: Any, n: int) -> Sampling:
+    """The sampling of one batch of `n` whole solutions (decoding options read from any
+    config with best_of_n's sampling fields), shrunk to the samples left."""
+    left = ctx.remaining("samples")
+    if left is not None:
+        n = max(min(n, int(left)), 1)
+    return Sampling(
+        n=n,
+        temperature=c.temperature,
+        top_p=c.top_p,
+        top_k=c.top_k,
+        min_p=c.min_p,
+        max_tokens=c.max_tokens,
+    )
 
 
 class BestOfN(Strategy):
@@ -43,31 +70,15 @@ class BestOfN(Strategy):
 
     async def solve(self, problem: Problem, ctx: SolveContext) -> Solution:
         c = self.config
-        n = c.n
-        left = ctx.remaining("samples")
-        if left is not None:
-            n = max(min(n, int(left)), 1)
-        sampling = Sampling(
-            n=n,
-            temperature=c.temperature,
-            top_p=c.top_p,
-            top_k=c.top_k,
-            min_p=c.min_p,
-            max_tokens=c.max_tokens,
-        )
         try:
-            samples = await ctx.generate([ctx.root], sampling)
-        except BudgetExceeded:
-            return Solution(answer=None, trace={"ended_by": "budget"})
-        for b in samples:
-            b.finished = True  # a complete sample is a leaf whatever ended it
+            samples = await ctx.generate([ctx.root], sampling_for(ctx, c, c.n))
+        except STOPS as exc:
+            return Solution(answer=None, trace={"ended_by": ended_by(ctx, exc)})
+        finish_all(samples)
         try:
-            scores = await ctx.score(samples)
-        except BudgetExceeded:
-            best = majority(ctx, samples)
-            return Solution(
-                answer=ctx.answer(best) if best else None, branch=best, trace={"ranked": False}
-            )
-        best_i = max(range(len(samples)), key=lambda i: scores[i])
-        best = samples[best_i]
-        return Solution(answer=ctx.answer(best), branch=best, trace={"n": len(samples)})
+            await ctx.score(samples)
+        except STOPS as exc:
+            # Unranked samples still carry information: fall back to their majority.
+            return solution(ctx, majority(ctx, samples), ranked=False, ended_by=ended_by(ctx, exc))
+        best = best_by_score(samples, c.aggregate)
+        return solution(ctx, best, n=len(samples), ranked=True)

@@ -1,0 +1,133 @@
+"""`adaptive_consistency`: self-consistency that stops sampling once the vote is settled.
+
+Aggarwal et al., "Let's Sample Step by Step: Adaptive-Consistency for Efficient
+Reasoning and Coding with LLMs" (2023). Samples are drawn in rounds of `batch`; after
+each round a stopping criterion computes the posterior probability that the leading
+answer is the model's most likely answer, and sampling stops once it reaches
+`threshold` (or at `max_samples`, or when the budget refuses):
+
+- `beta`: the leader's share against the runner-up's, p ~ Beta(v1 + 1, v2 + 1); the
+  criterion is P(p > 1/2) (the paper's cheap, well-calibrated choice).
+- `dirichlet`: answer probabilities ~ Dirichlet(votes + alpha) over the answers seen plus
+  one pseudo-answer for those not seen yet; P(leader is the argmax) by Monte Carlo.
+- `majority`: the leader's share of the votes so far (no posterior; a baseline).
+
+Easy problems (one dominant answer) stop after a round or two; ambiguous ones use the
+budget. The answer is the plurality of all samples drawn.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+from ttc.config import StrategyConfig, bounded
+from ttc.context import SolveContext
+from ttc.interfaces import Strategy
+from ttc.strategies.best_of_n import sampling_for
+from ttc.strategies.common import STOPS, ended_by, finish_all, solution, tally
+from ttc.types import Branch, Problem, Solution
+
+
+@dataclass
+class AdaptiveConsistencyConfig(StrategyConfig):
+    name: str = "adaptive_consistency"
+    criterion: str = bounded("beta", choices=["beta", "dirichlet", "majority"])
+    threshold: float = bounded(0.95, gt=0.0, lt=1.0, help="stop when P(leader wins) >= this")
+    batch: int = bounded(2, ge=1, help="samples per round")
+    min_samples: int = bounded(2, ge=1, help="samples before the criterion is checked")
+    max_samples: int = bounded(16, ge=1, help="samples at most")
+    alpha: float = bounded(1.0, gt=0.0, help="Dirichlet prior concentration per answer")
+    mc_draws: int = bounded(2000, ge=10, help="Monte Carlo draws of the Dirichlet criterion")
+    temperature: float = bounded(0.8, ge=0.0)
+    top_p: float = bounded(1.0, gt=0.0, le=1.0)
+    top_k: int = bounded(0, ge=0)
+    min_p: float = bounded(0.0, ge=0.0, le=1.0)
+    max_tokens: int = bounded(512, ge=1, help="tokens per sample")
+
+
+def beta_exceeds_half(a: int, b: int) -> float:
+    """P(p > 1/2) for p ~ Beta(a + 1, b + 1), exactly.
+
+    For integer parameters the Beta CDF at 1/2 is a binomial tail:
+    P(p <= 1/2) = P(Binomial(a + b + 1, 1/2) >= a + 1).
+    """
+    n = a + b + 1
+    tail = sum(math.comb(n, j) for j in range(a + 1, n + 1))
+    return 1.0 - tail / 2.0**n
+
+
+def dirichlet_leader_probability(
+    counts: list[int], *, alpha: float, draws: int, rng: random.Random
+) -> float:
+    """P(the first count's answer has the largest probability) under
+    Dirichlet(counts + alpha), with one extra pseudo-answer for answers not yet seen."""
+    params = [c + alpha for c in counts] + [alpha]
+    wins = 0
+    for _ in range(draws):
+        # Gamma draws normalised are a Dirichlet draw; the argmax needs no normalising.
+        g = [rng.gammavariate(p, 1.0) for p in params]
+        wins += g[0] >= max(g)
+    return wins / draws
+
+
+def confidence(
+    counts: list[int], criterion: str, *, alpha: float, draws: int, rng: random.Random
+) -> float:
+    """The stopping statistic for vote counts sorted high to low."""
+    if not counts:
+        return 0.0
+    if criterion == "majority":
+        return counts[0] / sum(counts)
+    if criterion == "beta":
+        return beta_exceeds_half(counts[0], counts[1] if len(counts) > 1 else 0)
+    return dirichlet_leader_probability(counts, alpha=alpha, draws=draws, rng=rng)
+
+
+class AdaptiveConsistency(Strategy):
+    name = "adaptive_consistency"
+    uses_reward = False
+
+    async def solve(self, problem: Problem, ctx: SolveContext) -> Solution:
+        c = self.config
+        # The Monte Carlo criterion gets its own stream so it does not shift the seeds
+        # the context draws for generation.
+        mc_rng = random.Random(ctx.rng.getrandbits(32))
+        samples: list[Branch] = []
+        history: list[float] = []
+        stop = "max_samples"
+        while len(samples) < c.max_samples:
+            want = min(c.batch, c.max_samples - len(samples))
+            if len(samples) < c.min_samples:
+                want = max(want, min(c.min_samples, c.max_samples) - len(samples))
+            try:
+                drawn = await ctx.generate([ctx.root], sampling_for(ctx, c, want))
+            except STOPS as exc:
+                stop = ended_by(ctx, exc)
+                break
+            finish_all(drawn)
+            samples += drawn
+            if len(samples) < c.min_samples:
+                continue
+            counts = [t.count for t in tally(ctx, samples)]
+            p = confidence(counts, c.criterion, alpha=c.alpha, draws=c.mc_draws, rng=mc_rng)
+            history.append(p)
+            if p >= c.threshold:
+                stop = "confident"
+                break
+        votes = tally(ctx, samples)
+        if not votes:
+            return solution(ctx, samples[0] if samples else None, n=len(samples), ended_by=stop)
+        for b in samples:
+            a = ctx.answer(b)
+            b.selected = a is not None and ctx.normalize(a) == votes[0].key
+        return solution(
+            ctx,
+            votes[0].best,
+            answer=votes[0].answer,
+            n=len(samples),
+            ended_by=stop,
+            confidence=history,
+            votes={t.answer: t.count for t in votes},
+        )

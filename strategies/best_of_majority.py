@@ -1,0 +1,92 @@
+"""`best_of_majority`: Best-of-Majority for pass@k.
+
+Di et al., "Best-of-Majority: Minimax-Optimal Strategy for Pass@k Inference Scaling"
+(2025). Best-of-N trusts the reward model alone, so as N grows it finds more rare wrong
+answers that the reward model happens to over-score ("reward hacking") and its accuracy
+can fall; majority voting ignores the reward. Best-of-Majority does both: of the n
+samples it keeps only answers whose frequency is at least `min_frequency` (a rare answer
+is unlikely to be right whatever its reward), then returns the `k` kept answers with the
+highest reward. `Solution.answer` is the first of them, `trace["answers"]` all k (for
+pass@k). When no answer is frequent enough, the most frequent ones are used instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from statistics import fmean
+
+from ttc.config import StrategyConfig, bounded
+from ttc.context import SolveContext
+from ttc.interfaces import Strategy
+from ttc.strategies.best_of_n import majority, sampling_for
+from ttc.strategies.common import STOPS, ended_by, finish_all, score_of, solution, tally
+from ttc.types import Branch, Problem, Solution
+
+
+@dataclass
+class BestOfMajorityConfig(StrategyConfig):
+    name: str = "best_of_majority"
+    n: int = bounded(16, ge=1, help="samples per problem")
+    k: int = bounded(1, ge=1, help="answers returned (pass@k); k=1 gives a single answer")
+    min_frequency: float = bounded(
+        0.1, gt=0.0, le=1.0, help="share of the n samples an answer needs to be considered"
+    )
+    answer_score: str = bounded(
+        "mean", choices=["mean", "max"], help="an answer's reward from its samples' rewards"
+    )
+    temperature: float = bounded(0.8, ge=0.0)
+    top_p: float = bounded(1.0, gt=0.0, le=1.0)
+    top_k: int = bounded(0, ge=0)
+    min_p: float = bounded(0.0, ge=0.0, le=1.0)
+    max_tokens: int = bounded(512, ge=1, help="tokens per sample")
+
+
+class BestOfMajority(Strategy):
+    name = "best_of_majority"
+
+    async def solve(self, problem: Problem, ctx: SolveContext) -> Solution:
+        c = self.config
+        try:
+            samples = await ctx.generate([ctx.root], sampling_for(ctx, c, c.n))
+        except STOPS as exc:
+            return Solution(answer=None, trace={"ended_by": ended_by(ctx, exc)})
+        finish_all(samples)
+        try:
+            await ctx.score(samples)
+        except STOPS as exc:
+            return solution(ctx, majority(ctx, samples), ranked=False, ended_by=ended_by(ctx, exc))
+        votes = tally(ctx, samples)
+        if not votes:
+            return solution(ctx, None, n=len(samples), answers=[])
+        # The threshold is on the share of all n samples (unanswered ones included): an
+        # answer the model rarely gives is filtered however high the reward rates it.
+        need = c.min_frequency * len(samples)
+        kept = [t for t in votes if t.count >= need - 1e-9]
+        fallback = not kept
+        if fallback:
+            kept = [t for t in votes if t.count == votes[0].count]
+        members: dict[str, list[Branch]] = {t.key: [] for t in kept}
+        for b in samples:
+            a = ctx.answer(b)
+            if a is not None and (key := ctx.normalize(a)) in members:
+                members[key].append(b)
+
+        def reward(key: str) -> float:
+            values = [score_of(b) for b in members[key]]
+            return max(values) if c.answer_score == "max" else fmean(values)
+
+        ranked = sorted(kept, key=lambda t: reward(t.key), reverse=True)[: c.k]
+        for t in ranked:
+            for b in members[t.key]:
+                b.selected = True
+        return solution(
+            ctx,
+            ranked[0].best,
+            answer=ranked[0].answer,
+            n=len(samples),
+            answers=[t.answer for t in ranked],
+            rewards=[reward(t.key) for t in ranked],
+            frequencies=[t.count / len(samples) for t in ranked],
+            filtered_out=len(votes) - len(kept),
+            fallback=fallback,
+        )
