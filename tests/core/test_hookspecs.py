@@ -5,9 +5,9 @@ from __future__ import annotations
 import inspect
 import re
 
-from conftest import ROOT
-
 from ttc import hookspecs
+
+from conftest import ROOT
 
 
 def _hooks() -> list[str]:
