@@ -127,3 +127,19 @@ class RunNotFoundError(StoreError):
 
 class DataError(TtcError):
     """A task's data could not be loaded or has the wrong fields."""
+
+
+class RunInterrupted(TtcError):
+    """A run was stopped (Ctrl-C, SIGTERM) before all problems finished."""
+
+    exit_code = 130
+
+    def __init__(self, run_id: str | None) -> None:
+        if run_id is None:
+            super().__init__("interrupted before the run was created; nothing was stored")
+        else:
+            super().__init__(
+                f"run {run_id} interrupted; its finished problems are stored",
+                hint=f"continue with `ttc run resume={run_id}`",
+            )
+        self.run_id = run_id

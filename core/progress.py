@@ -30,17 +30,30 @@ class ProgressObserver:
         self.refused = 0
         self.errors = 0
         self.t0 = time.monotonic()
+        self.limits: dict[str, float] = {}
+        self.spent: dict[str, float] = {"tokens": 0, "samples": 0, "flops": 0.0}
 
     def _stats(self) -> str:
         rate = self.tokens / max(time.monotonic() - self.t0, 1e-9)
+        budget = "".join(
+            f" · {100 * self.spent[unit] / limit:.0f}% of {unit} budget"
+            for unit, limit in self.limits.items()
+            if unit in self.spent and limit
+        )
         return (
             f"{rate:,.0f} tok/s · {self.tokens:,} generated · {self.prefill:,} prefilled"
-            f" · {self.refused} refused · {self.errors} failed"
+            f"{budget} · {self.refused} refused · {self.errors} failed"
         )
 
     @ttc.hookimpl
     def on_run_start(self, run_id: str, config: dict[str, Any], n_problems: int) -> None:
         self.t0 = time.monotonic()
+        # the budget is per problem: the run may spend it once per problem
+        self.limits = {
+            unit: float(limit) * n_problems
+            for unit, limit in (config.get("budget") or {}).items()
+            if limit is not None
+        }
         self.progress = Progress(
             TextColumn(f"run {run_id}"),
             BarColumn(),
@@ -56,6 +69,9 @@ class ProgressObserver:
     @ttc.hookimpl
     def on_call(self, run_id: str, problem_id: str, call: Any) -> None:
         self.tokens += call.completion_tokens
+        self.spent["tokens"] += call.completion_tokens
+        self.spent["samples"] += call.n_sequences if call.status == "ok" else 0
+        self.spent["flops"] += call.flops
         self.prefill += call.prompt_tokens - call.cached_prompt_tokens
         self.refused += call.status == "refused"
         if self.progress is not None:

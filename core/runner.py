@@ -174,6 +174,7 @@ class Runner:
         self.registry = registry or get_registry()
         self.sweep = sweep
         self.hook = self.registry.pm.hook
+        self.run_id: str | None = None
 
     def run(self) -> RunOutcome:
         return asyncio.run(self.arun())
@@ -221,6 +222,7 @@ class Runner:
                 sweep=self.sweep,
                 n_problems=len(problems),
             )
+        self.run_id = run_id
         todo = [(i, p) for i, p in enumerate(problems) if p.id not in done]
         self.hook.on_run_start(run_id=run_id, config=plain, n_problems=len(todo))
         status, error = "failed", None

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import signal
 from typing import Any
 
 import typer
 from omegaconf import DictConfig
 
 from ttc.cli._common import console, errors_to_exit, totals_table
+from ttc.errors import RunInterrupted
 
 
 def _job(cfg: DictConfig, sweep: str | None) -> Any:
@@ -19,8 +21,11 @@ def _job(cfg: DictConfig, sweep: str | None) -> Any:
     observer = ProgressObserver() if cfg.run.progress else None
     if observer is not None:
         registry.pm.register(observer, name="ttc.progress")
+    runner = Runner(cfg, registry=registry, sweep=sweep)
     try:
-        outcome = Runner(cfg, registry=registry, sweep=sweep).run()
+        outcome = runner.run()
+    except KeyboardInterrupt:
+        raise RunInterrupted(runner.run_id) from None
     finally:
         if observer is not None:
             registry.pm.unregister(observer)
@@ -44,8 +49,15 @@ def run(ctx: typer.Context) -> None:
     """
     from ttc.launch import launch
 
+    # A job scheduler stops jobs with SIGTERM: treat it like Ctrl-C, so the run is marked
+    # interrupted (and resumable) instead of being left as "running".
+    signal.signal(signal.SIGTERM, _interrupt)
     with errors_to_exit():
         launch(ctx.args, _job)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def register(app: typer.Typer) -> None:

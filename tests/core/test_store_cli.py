@@ -181,3 +181,22 @@ def test_models_match_the_migrations(tmp_path: Path) -> None:
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert diff == []
+
+
+def test_sigterm_marks_the_run_interrupted_and_names_it(store_url: str, tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ttc.cli", "run", *DOUBLES, f"store.url={store_url}",
+         "strategy=beam_search", "backend.delay_s=0.05", "run.concurrency=1"],
+        cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not Path(store_url.removeprefix("sqlite:///")).exists():
+        time.sleep(0.1)
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    (run,) = Store(store_url).list_runs()
+    assert run["status"] == "interrupted"
+    assert f"resume={run['id']}" in err
