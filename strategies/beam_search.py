@@ -4,7 +4,8 @@ Snell et al., "Scaling LLM Test-Time Compute Optimally can be More Effective tha
 Scaling Model Parameters" (2024). Each round continues every beam by one step
 (`expansions` samples per beam; a step ends at `step_delimiter`, or after `step_tokens`
 tokens when the delimiter is empty), scores the new steps with the process reward model,
-sets finished solutions aside, and keeps the `beam_width` best unfinished ones. It stops
+sets finished solutions aside, and keeps the `beam_width` best unfinished ones (the
+first round samples `beam_width * expansions` first steps from the prompt). It stops
 when `beam_width` solutions are finished, no beam is left, `max_steps` rounds ran, or
 the budget refuses a call; the best finished solution (else the best partial one) is
 returned.
@@ -59,8 +60,12 @@ class BeamSearch(Strategy):
         partial: list[Branch] = []
         stop = "max_steps"
         for _ in range(c.max_steps):
+            # The root is expanded into `beam_width * expansions` first steps, so the
+            # search starts with a full beam rather than `expansions` candidates.
+            first = beams == [ctx.root]
+            step = sampling.replace(n=c.beam_width * c.expansions) if first else sampling
             try:
-                children = await ctx.generate(beams, sampling)
+                children = await ctx.generate(beams, step)
                 mark_steps(children)
                 await ctx.score(children)
             except STOPS as exc:

@@ -1,9 +1,11 @@
 """`best_of_n`: sample n complete solutions, rank them with the reward model.
 
 Step scores become one score per sample by `reward.aggregate` (last, min, prod, mean), or
-by the strategy's own `aggregate` when set. When the budget cannot pay for n samples, as
-many as it allows are drawn; when scoring is refused, the answer falls back to a majority
-vote over the samples.
+by the strategy's own `aggregate` when set. A sample drawn in one call is one step; with
+`step_delimiter` set, every sample is drawn step by step (a chain of tree nodes, one per
+step), so a process reward scores each step and the aggregation has steps to combine.
+When the budget cannot pay for n samples, as many as it allows are drawn; when scoring
+is refused, the answer falls back to a majority vote over the samples.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from ttc.strategies.common import (
     best_by_score,
     ended_by,
     finish_all,
+    mark_steps,
     solution,
     tally,
 )
@@ -39,6 +42,9 @@ class BestOfNConfig(StrategyConfig):
     aggregate: str | None = bounded(
         None, choices=AGGREGATIONS, help="step-score aggregation (default: reward.aggregate)"
     )
+    step_delimiter: str = ""
+    """Draw samples step by step, a step ending at this string (empty: in one call)."""
+    max_steps: int = bounded(32, ge=1, help="steps per sample at most (step_delimiter set)")
 
 
 def majority(ctx: SolveContext, branches: list[Branch]) -> Branch | None:
@@ -65,13 +71,44 @@ def sampling_for(ctx: SolveContext, c: Any, n: int) -> Sampling:
     )
 
 
+async def stepwise(
+    ctx: SolveContext, sampling: Sampling, delimiter: str, max_steps: int
+) -> list[Branch]:
+    """`sampling.n` samples drawn one step at a time; returns the last node of each chain.
+
+    A chain ends at end-of-sequence, at `max_steps`, or when its tokens reach
+    `sampling.max_tokens`; when the budget refuses a round, the chains end where they are
+    (their partial text is still a sample to rank), unless nothing was drawn at all.
+    """
+    step = sampling.replace(stop=(delimiter,))
+    heads = await ctx.generate([ctx.root], step)
+    mark_steps(heads)
+    for _ in range(max_steps - 1):
+        active = [b for b in heads if not b.finished and len(b.token_ids) < sampling.max_tokens]
+        if not active:
+            break
+        left = min(sampling.max_tokens - len(b.token_ids) for b in active)
+        try:
+            children = await ctx.generate(active, step.replace(n=1, max_tokens=left))
+        except STOPS:
+            break
+        mark_steps(children)
+        by_parent = {ch.parent_id: ch for ch in children}
+        heads = [by_parent.get(b.id, b) for b in heads]
+    return heads
+
+
 class BestOfN(Strategy):
     name = "best_of_n"
 
     async def solve(self, problem: Problem, ctx: SolveContext) -> Solution:
         c = self.config
         try:
-            samples = await ctx.generate([ctx.root], sampling_for(ctx, c, c.n))
+            sampling = sampling_for(ctx, c, c.n)
+            if c.step_delimiter:
+                samples = await stepwise(ctx, sampling, c.step_delimiter, c.max_steps)
+            else:
+                samples = await ctx.generate([ctx.root], sampling)
         except STOPS as exc:
             return Solution(answer=None, trace={"ended_by": ended_by(ctx, exc)})
         finish_all(samples)

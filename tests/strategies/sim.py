@@ -1,0 +1,378 @@
+"""A synthetic environment with known probabilities, for testing what search strategies
+claim (test doubles, not product components). Also a plugin module: add "sim" to
+TTC_PLUGIN_MODULES to run it through the Runner as `backend=sim task=sim reward=sim`.
+
+- `sim` backend: a character-level fake policy (one token per character). A solution is
+  `steps` steps, "Step k: ok #tag" or "Step k: err #tag" followed by the step delimiter
+  "\\n\\n", then "So the answer is \\boxed{x}." and end-of-sequence. While a path is
+  right, each new step is right with probability `q`; after one wrong step every later
+  step is wrong. The answer is the reference iff every step was right (with `steps=0`,
+  with probability `q`), so a sample is right with probability p = q ** steps. A wrong
+  answer is the reference plus one of the `wrong` offsets (with their relative weights)
+  or, with probability `tail`, a rare answer drawn from 100_000 values. Everything is
+  written into the problem's prompt, so the backend needs no side channel.
+- `sim` reward: a process reward with known noise. A right step (or right answer) scores
+  `right`, a wrong one `wrong`; plus Gaussian `noise` (fixed per step text, so rescoring
+  agrees); a share `hack_rate` of wrong steps is confidently over-scored at `hack_score`
+  (fixed per text, like a systematic blind spot); the final step adds a fixed per-answer
+  offset of scale `answer_noise` (the reward model's opinion of each distinct answer).
+- `sim` task: seeded problems of that kind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import ttc
+from ttc.budget import Budget, Ledger
+from ttc.config import BackendConfig, RewardConfig, TaskConfig, bounded
+from ttc.context import SolveContext
+from ttc.cost import CostModel
+from ttc.interfaces import Backend, RewardModel, Strategy, Task
+from ttc.scheduler import Scheduler
+from ttc.types import (
+    GenerateRequest,
+    GenerateResult,
+    Generation,
+    ModelArchitecture,
+    Problem,
+    ScoreRequest,
+    ScoreResult,
+    Solution,
+    Usage,
+)
+
+PROMPT_END = "Solution:\n"
+HEADER = re.compile(r"\[sim ([^\]]*)\]")
+BOXED = re.compile(r"\\boxed\{([^}]*)\}")
+
+
+def sim_prompt(pid: str, *, answer: int, steps: int, q: float, wrong: str, tail: float) -> str:
+    return f"[sim id={pid} answer={answer} steps={steps} q={q} wrong={wrong} tail={tail}]"
+
+
+def parse_header(text: str) -> dict[str, str]:
+    m = HEADER.search(text)
+    if m is None:
+        raise ValueError(f"not a sim prompt: {text[:60]!r}")
+    return dict(kv.split("=", 1) for kv in m.group(1).split())
+
+
+def _offsets(spec: str) -> list[tuple[int, float]]:
+    if not spec:
+        return []
+    return [(int(o), float(w)) for o, w in (part.split(":") for part in spec.split(","))]
+
+
+def expected_accuracy(steps: int, q: float) -> float:
+    """P(one sample is right)."""
+    return q**steps if steps else q
+
+
+# -- backend -------------------------------------------------------------------------
+@dataclass
+class SimBackendConfig(BackendConfig):
+    name: str = "sim"
+    fail_rate: float = bounded(0.0, ge=0.0, le=1.0, help="share of requests that raise")
+    fail_after_calls: int | None = bounded(None, ge=0, help="every batch after this many fails")
+
+
+class SimBackend(Backend):
+    name = "sim"
+
+    def __init__(self, config: SimBackendConfig) -> None:
+        super().__init__(config)
+        self.batches = 0
+
+    def render(self, problem: Problem) -> str:
+        return (problem.prompt or "") + "\n" + PROMPT_END
+
+    def encode(self, text: str) -> list[int]:
+        return [ord(c) for c in text]
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        return "".join(chr(t) for t in token_ids)
+
+    @property
+    def architecture(self) -> ModelArchitecture:
+        return ModelArchitecture(
+            params=1_000_000, layers=4, hidden=128, heads=4, kv_heads=4, vocab=256
+        )
+
+    @staticmethod
+    def next_chunk(head: dict[str, str], done: str, rng: random.Random) -> tuple[str, bool]:
+        """The next step (or the final answer) after the solution text `done`."""
+        steps, q = int(head["steps"]), float(head["q"])
+        k = done.count("Step ")
+        right_so_far = "err" not in done
+        if k < steps:
+            right = right_so_far and rng.random() < q
+            return f"Step {k + 1}: {'ok' if right else 'err'} #{rng.getrandbits(16):04x}\n\n", False
+        answer = int(head["answer"])
+        right = right_so_far if steps else rng.random() < q
+        if not right:
+            offsets = _offsets(head.get("wrong", ""))
+            tail = float(head.get("tail", 0.0))
+            if not offsets or rng.random() < tail:
+                answer += rng.randint(100, 100_100)
+            else:
+                answer += rng.choices([o for o, _ in offsets], [w for _, w in offsets])[0]
+        return f"So the answer is \\boxed{{{answer}}}.", True
+
+    def _generate(self, req: GenerateRequest) -> GenerateResult:
+        s = req.sampling
+        if self.config.fail_rate and random.Random(f"fail:{s.seed}").random() < (
+            self.config.fail_rate
+        ):
+            raise RuntimeError("sim: injected backend failure")
+        head = parse_header(req.prompt)
+        done = req.prompt.partition(PROMPT_END)[2]
+        gens = []
+        for i in range(s.n):
+            rng = random.Random(f"{s.seed}:{i}")
+            text, reason = "", None
+            while reason is None:
+                chunk, ended = self.next_chunk(head, done + text, rng)
+                text += chunk
+                if len(text) > s.max_tokens:
+                    text, reason = text[: s.max_tokens], "length"
+                elif ended:
+                    reason = "eos"
+                elif any(st in text for st in s.stop):
+                    reason = "stop"
+                elif len(text) == s.max_tokens:
+                    reason = "length"
+            ids = tuple(self.encode(text))
+            gens.append(
+                Generation(
+                    token_ids=ids,
+                    text=text,
+                    finish_reason=reason,  # type: ignore[arg-type]
+                    logprobs=tuple(-0.1 for _ in ids) if s.logprobs else None,
+                    stop_reason=s.stop[0] if reason == "stop" and s.stop else None,
+                )
+            )
+        n_prompt = len(req.prompt_token_ids or self.encode(req.prompt))
+        return GenerateResult(
+            generations=tuple(gens),
+            usage=Usage(
+                prompt_tokens=n_prompt,
+                completion_tokens=sum(len(g.token_ids) for g in gens),
+            ),
+        )
+
+    def generate_batch(self, requests: Sequence[GenerateRequest]) -> list[GenerateResult]:
+        self.batches += 1
+        limit = self.config.fail_after_calls
+        if limit is not None and self.batches > limit:
+            raise RuntimeError("sim: the backend went away")
+        return [self._generate(r) for r in requests]
+
+
+# -- reward --------------------------------------------------------------------------
+@dataclass
+class SimRewardConfig(RewardConfig):
+    name: str = "sim"
+    right: float = bounded(0.9, ge=0.0, le=1.0, help="mean score of a right step")
+    wrong: float = bounded(0.1, ge=0.0, le=1.0, help="mean score of a wrong step")
+    noise: float = bounded(0.0, ge=0.0, help="sd of the per-step Gaussian noise")
+    hack_rate: float = bounded(0.0, ge=0.0, le=1.0, help="wrong steps scored hack_score")
+    hack_score: float = bounded(0.97, ge=0.0, le=1.0)
+    answer_noise: float = bounded(0.0, ge=0.0, help="sd of a fixed per-answer offset")
+    tokens_per_step: int = bounded(10, ge=0)
+
+
+def _unit(*key: object) -> random.Random:
+    return random.Random(zlib.crc32("|".join(map(str, key)).encode()))
+
+
+class SimReward(RewardModel):
+    name = "sim"
+
+    def step_score(self, problem: Problem, text: str) -> float:
+        c = self.config
+        m = BOXED.search(text)
+        if m is not None:
+            good = m.group(1).strip() == (problem.reference or "").strip()
+        else:
+            good = ": ok " in text
+        r = _unit(problem.id, text)
+        if not good and c.hack_rate and r.random() < c.hack_rate:
+            return c.hack_score
+        value = (c.right if good else c.wrong) + (r.gauss(0.0, c.noise) if c.noise else 0.0)
+        if m is not None and c.answer_noise:
+            value += _unit("answer", problem.id, m.group(1)).gauss(0.0, c.answer_noise)
+        return min(max(value, 0.0), 1.0)
+
+    def score_batch(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
+        out = []
+        for req in requests:
+            scores = tuple(self.step_score(req.problem, s) for s in req.steps)
+            new = len(req.steps) - req.scored_steps
+            out.append(ScoreResult(step_scores=scores, tokens=new * self.config.tokens_per_step))
+        return out
+
+
+class ExactReward(SimReward):
+    """The outcome oracle: 1 for a right final answer, 0 otherwise (steps score 0.5)."""
+
+    name = "sim_exact"
+    is_oracle = True
+
+    def step_score(self, problem: Problem, text: str) -> float:
+        m = BOXED.search(text)
+        if m is None:
+            return 0.5
+        return 1.0 if m.group(1).strip() == (problem.reference or "").strip() else 0.0
+
+
+# -- task ----------------------------------------------------------------------------
+@dataclass
+class SimTaskConfig(TaskConfig):
+    name: str = "sim"
+    n_problems: int = bounded(16, ge=1)
+    steps: int = bounded(3, ge=0)
+    q: float = bounded(0.8, ge=0.0, le=1.0, help="P(a step is right | the path is right)")
+    wrong: str = "1:1"
+    """Wrong-answer offsets and their relative weights, as "offset:weight,..."."""
+    tail: float = bounded(0.0, ge=0.0, le=1.0, help="share of wrong answers that are rare")
+
+
+def make_problems(
+    n: int,
+    *,
+    steps: int,
+    q: float,
+    wrong: str = "1:1",
+    tail: float = 0.0,
+    seed: int = 0,
+    prefix: str = "s",
+) -> list[Problem]:
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        answer = rng.randint(10, 99)
+        pid = f"{prefix}{seed}-{i:04d}"
+        prompt = sim_prompt(pid, answer=answer, steps=steps, q=q, wrong=wrong, tail=tail)
+        out.append(Problem(id=pid, prompt=prompt, reference=str(answer)))
+    return out
+
+
+class SimTask(Task):
+    name = "sim"
+
+    def load(self) -> list[Problem]:
+        c = self.config
+        problems = make_problems(
+            c.n_problems, steps=c.steps, q=c.q, wrong=c.wrong, tail=c.tail, seed=c.seed
+        )
+        return problems[: c.limit] if c.limit else problems
+
+    def extract_answer(self, text: str) -> str | None:
+        found = BOXED.findall(text)
+        return found[-1] if found else None
+
+    def normalize(self, answer: str) -> str:
+        return answer.strip().lstrip("+")
+
+    def is_correct(self, answer: str | None, problem: Problem) -> bool | None:
+        return answer is not None and self.normalize(answer) == problem.reference
+
+
+# -- driving strategies directly -----------------------------------------------------
+@dataclass
+class Outcome:
+    problem: Problem
+    solution: Solution
+    ctx: SolveContext
+
+    @property
+    def correct(self) -> bool:
+        a = self.solution.answer
+        return a is not None and a.strip() == self.problem.reference
+
+    @property
+    def spent(self) -> Any:
+        return self.ctx.ledger.spent
+
+
+@dataclass
+class Env:
+    """Backend, reward and budget for a batch of problems solved together."""
+
+    backend: SimBackendConfig = field(default_factory=SimBackendConfig)
+    reward: SimRewardConfig | None = field(default_factory=SimRewardConfig)
+    exact: bool = False
+    budget: Budget = field(default_factory=Budget)
+    aggregate: str = "last"
+    seed: int = 0
+
+
+def solve_all(
+    strategy: Strategy, problems: Sequence[Problem], env: Env | None = None
+) -> list[Outcome]:
+    """Solve every problem concurrently through one scheduler, as the Runner does."""
+    env = env or Env()
+    backend = SimBackend(env.backend)
+    reward: RewardModel | None = None
+    if env.exact:
+        reward = ExactReward(SimRewardConfig())
+    elif env.reward is not None:
+        reward = SimReward(env.reward)
+    task = SimTask(SimTaskConfig())
+    cost = CostModel(backend.architecture)
+
+    async def one(scheduler: Scheduler, problem: Problem) -> Outcome:
+        prompt = backend.render(problem)
+        ctx = SolveContext(
+            problem=problem,
+            prompt=prompt,
+            prompt_ids=backend.encode(prompt),
+            scheduler=scheduler,
+            ledger=Ledger(env.budget, cost),
+            task=task,
+            aggregate=env.aggregate,
+            seed=env.seed,
+        )
+        return Outcome(problem, await strategy.solve(problem, ctx), ctx)
+
+    async def go() -> list[Outcome]:
+        scheduler = Scheduler(backend, reward, max_batch_size=512, max_wait_s=0.0)
+        return list(await asyncio.gather(*(one(scheduler, p) for p in problems)))
+
+    return asyncio.run(go())
+
+
+def accuracy(outcomes: Sequence[Outcome]) -> float:
+    return sum(o.correct for o in outcomes) / len(outcomes)
+
+
+def mean_spent(outcomes: Sequence[Outcome], unit: str) -> float:
+    return sum(getattr(o.spent, unit) for o in outcomes) / len(outcomes)
+
+
+def binomial_tolerance(p: float, n: int, z: float = 4.0) -> float:
+    """z standard errors of a proportion estimated from n independent problems."""
+    return z * (p * (1 - p) / n) ** 0.5
+
+
+# -- plugin hooks --------------------------------------------------------------------
+@ttc.hookimpl
+def register_backends(register: Callable[..., None]) -> None:
+    register(SimBackend, SimBackendConfig)
+
+
+@ttc.hookimpl
+def register_tasks(register: Callable[..., None]) -> None:
+    register(SimTask, SimTaskConfig)
+
+
+@ttc.hookimpl
+def register_reward_models(register: Callable[..., None]) -> None:
+    register(SimReward, SimRewardConfig)
