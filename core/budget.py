@@ -5,17 +5,25 @@ ledger authorises it against the worst case (all prompt tokens computed, every s
 running to `max_tokens`), shrinking `max_tokens` to what is left where that suffices and
 refusing with `BudgetExceeded` otherwise; after the call it debits what was really spent.
 So every enforced unit stays within its limit, whatever the backend returns.
+
+Allocators may attach a `SpendPolicy` to a problem's budget: a per-problem rule the
+ledger consults before every generate call (it may lower `max_tokens` or refuse) and
+tells about every call's outcome. Built-in policies: `RolloverSteps` (per-step budgets
+whose unspent part rolls over to later steps) and `AgreementStop` (refuse further
+sampling once the answers drawn agree enough: an early stop every strategy honours,
+since a refusal ends its search with the best answer it has).
 """
 
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ttc.cost import CostModel
-from ttc.errors import BudgetExceeded
+from ttc.errors import BudgetExceeded, TtcError
 
 UNITS = (
     "samples",
@@ -24,8 +32,10 @@ UNITS = (
     "reward_tokens",
     "reward_calls",
     "flops",
+    "eflops",
     "seconds",
 )
+"""The units a `Budget` can limit (every one of them is also counted in `Spent`)."""
 
 
 @dataclass(frozen=True)
@@ -38,27 +48,172 @@ class Budget:
     reward_tokens: int | None = None
     reward_calls: int | None = None
     flops: float | None = None
+    eflops: float | None = None
+    """Kinetics effective FLOPs: FLOPs + intensity * bytes moved (see `ttc.cost`)."""
     seconds: float | None = None
+    policy: SpendPolicy | None = field(default=None, compare=False)
+    """A per-problem spending rule from the allocator (not a limit; see `SpendPolicy`)."""
 
     @classmethod
     def from_config(cls, cfg: Any) -> Budget:
-        return cls(**{f.name: getattr(cfg, f.name, None) for f in fields(cls)})
+        return cls(**{unit: getattr(cfg, unit, None) for unit in UNITS})
 
-    def as_dict(self) -> dict[str, float | None]:
-        return asdict(self)
+    def limits(self) -> dict[str, float | None]:
+        """The limit of every unit (None: not enforced)."""
+        return {unit: getattr(self, unit) for unit in UNITS}
+
+    def as_dict(self) -> dict[str, Any]:
+        """The limits, plus the policy's description under `policy` when there is one
+        (JSON-ready: the store keeps it with the problem's result)."""
+        out: dict[str, Any] = self.limits()
+        if self.policy is not None:
+            out["policy"] = self.policy.describe()
+        return out
+
+    def replace(self, **changes: Any) -> Budget:
+        from dataclasses import replace
+
+        return replace(self, **changes)
 
     def scaled(self, factor: float) -> Budget:
         """Every limit multiplied by `factor` (integers rounded down, at least 1)."""
-        out: dict[str, float | None] = {}
-        for f in fields(self):
-            v = getattr(self, f.name)
+        out: dict[str, Any] = {}
+        for unit, v in self.limits().items():
             if v is None:
-                out[f.name] = None
+                out[unit] = None
             elif isinstance(v, int):
-                out[f.name] = max(int(v * factor), 1)
+                out[unit] = max(int(v * factor), 1)
             else:
-                out[f.name] = v * factor
-        return Budget(**out)  # type: ignore[arg-type]
+                out[unit] = v * factor
+        return Budget(**out, policy=self.policy)
+
+
+class SpendPolicy:
+    """A per-problem spending rule an allocator attaches to `Budget.policy`.
+
+    The ledger calls `limit_generate` before every generate call (after the unit limits
+    are checked) and `after_generate` after it; a policy with `wants_answers` is also told
+    the answers the call's samples stated (`observe_answers`, called by the context).
+    One instance serves one problem: `Allocator.budget_for` makes a fresh one.
+    """
+
+    name = "policy"
+    wants_answers = False
+
+    def limit_generate(self, ledger: Ledger, *, sequences: int, max_tokens: int) -> int:
+        """The `max_tokens` the call may use (at most `max_tokens`); raise
+        `BudgetExceeded` (via `ledger.refuse`) to refuse it."""
+        return max_tokens
+
+    def after_generate(self, ledger: Ledger, *, tokens: int, samples: int) -> None:
+        """What the call just spent (already debited)."""
+
+    def observe_answers(self, answers: Sequence[str]) -> None:
+        """Normalised final answers stated by the samples of the last call."""
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-ready summary stored with the problem's budget."""
+        return {"name": self.name}
+
+
+class EarlyStop(BudgetExceeded):
+    """A policy ended the search before the limits did (e.g. the answers agree)."""
+
+    def __init__(self, reason: str, *, value: float, threshold: float) -> None:
+        TtcError.__init__(
+            self,
+            f"stopped early ({reason}): {value:.3g} >= {threshold:.3g}",
+            hint="lower the allocator's threshold to stop sooner, raise it to sample more",
+        )
+        self.unit = reason
+        self.limit = threshold
+        self.spent = value
+        self.requested = 0.0
+
+
+class RolloverSteps(SpendPolicy):
+    """Per-step budgets: the problem's `total` (in `unit`, tokens or samples) is split
+    evenly over `steps` generate calls; what a step leaves unspent rolls over to the
+    next ones. Call `k` (0-based) may bring the unit's spending up to
+    `total * (k + 1) / steps`; from call `steps - 1` on, up to `total`."""
+
+    name = "rollover"
+
+    def __init__(self, *, unit: str, total: float, steps: int) -> None:
+        if unit not in ("tokens", "samples"):
+            raise ValueError(f"rollover steps budget tokens or samples, not {unit!r}")
+        self.unit = unit
+        self.total = total
+        self.steps = max(steps, 1)
+        self.allowances: list[float] = []
+        """The allowance each call got (for inspection and the store)."""
+
+    def allowance(self, step: int, spent: float) -> float:
+        """What call `step` may spend, given `spent` so far."""
+        cap = self.total * min(step + 1, self.steps) / self.steps
+        return cap - spent
+
+    def limit_generate(self, ledger: Ledger, *, sequences: int, max_tokens: int) -> int:
+        spent = float(getattr(ledger.spent, self.unit))
+        left = self.allowance(ledger.spent.generate_calls, spent)
+        self.allowances.append(left)
+        if self.unit == "samples":
+            if sequences > left:
+                raise ledger.refuse(f"step {self.unit}", sequences, limit=left + spent)
+            return max_tokens
+        allowed = min(max_tokens, int(left // sequences))
+        if allowed < 1:
+            raise ledger.refuse(f"step {self.unit}", sequences, limit=left + spent)
+        return allowed
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "unit": self.unit,
+            "total": self.total,
+            "steps": self.steps,
+            "allowances": self.allowances,
+        }
+
+
+class AgreementStop(SpendPolicy):
+    """Refuse further generation once at least `min_answers` answers were stated and the
+    most common one holds a share of at least `threshold` of them."""
+
+    name = "adaptive_stop"
+    wants_answers = True
+
+    def __init__(self, *, min_answers: int, threshold: float) -> None:
+        self.min_answers = min_answers
+        self.threshold = threshold
+        self.votes: Counter[str] = Counter()
+        self.stopped = False
+
+    def agreement(self) -> float:
+        """The leading answer's share of the answers seen (0 when none)."""
+        total = sum(self.votes.values())
+        return self.votes.most_common(1)[0][1] / total if total else 0.0
+
+    def should_stop(self) -> bool:
+        return sum(self.votes.values()) >= self.min_answers and self.agreement() >= self.threshold
+
+    def observe_answers(self, answers: Sequence[str]) -> None:
+        self.votes.update(answers)
+
+    def limit_generate(self, ledger: Ledger, *, sequences: int, max_tokens: int) -> int:
+        if self.should_stop():
+            self.stopped = True
+            ledger.spent.refused_calls += 1
+            raise EarlyStop("agreement", value=self.agreement(), threshold=self.threshold)
+        return max_tokens
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "answers": sum(self.votes.values()),
+            "agreement": self.agreement(),
+            "stopped": self.stopped,
+        }
 
 
 @dataclass
@@ -73,6 +228,7 @@ class Spent:
     reward_tokens: int = 0
     reward_calls: int = 0
     flops: float = 0.0
+    eflops: float = 0.0
     bytes: float = 0.0
     seconds: float = 0.0
     generate_calls: int = 0
@@ -90,6 +246,26 @@ class Ledger:
         self.cost = cost or CostModel(None)
         self.spent = Spent()
         self._t0 = time.monotonic()
+
+    @property
+    def policy(self) -> SpendPolicy | None:
+        return self.budget.policy
+
+    @property
+    def wants_answers(self) -> bool:
+        """True when the budget's policy wants the answers samples state (the context then
+        passes them to `observe_answers`)."""
+        return self.policy is not None and self.policy.wants_answers
+
+    def observe_answers(self, answers: Sequence[str]) -> None:
+        if self.policy is not None:
+            self.policy.observe_answers(answers)
+
+    def should_stop(self) -> bool:
+        """Whether the budget's policy would refuse the next call (a hint strategies may
+        consult before starting a round; the refusal comes either way)."""
+        stop = getattr(self.policy, "should_stop", None)
+        return bool(stop()) if stop is not None else False
 
     # -- queries ----------------------------------------------------------------------
     def elapsed(self) -> float:
@@ -116,6 +292,13 @@ class Ledger:
         self.spent.refused_calls += 1
         return BudgetExceeded(unit, limit=limit, spent=spent, requested=requested)
 
+    def refuse(self, what: str, requested: float, *, limit: float) -> BudgetExceeded:
+        """A refusal for a policy's own limit (`what` names it), counted as refused."""
+        unit = what.split()[-1]
+        self.spent.refused_calls += 1
+        spent = float(getattr(self.spent, unit, 0.0))
+        return BudgetExceeded(what, limit=limit, spent=spent, requested=requested)
+
     # -- generation -------------------------------------------------------------------
     def authorize_generate(self, prompt_lens: Sequence[int], n: int, max_tokens: int) -> int:
         """Check a generate call against every enforced unit.
@@ -140,31 +323,44 @@ class Ledger:
             allowed = min(allowed, int(left // sequences))
             if allowed < 1:
                 raise self._refuse("tokens", sequences)
-        left = self.remaining("flops")
-        if left is not None and self.cost.known:
-            allowed = self._fit_flops(prompt_lens, n, allowed, left)
+        for unit in ("flops", "eflops"):
+            left = self.remaining(unit)
+            if left is not None and self.cost.known:
+                allowed = self._fit(unit, prompt_lens, n, allowed, left)
+        if self.policy is not None:
+            allowed = self.policy.limit_generate(self, sequences=sequences, max_tokens=allowed)
         return allowed
 
-    def _worst_flops(self, prompt_lens: Sequence[int], n: int, max_tokens: int) -> float:
-        return sum(
+    def _worst(self, unit: str, prompt_lens: Sequence[int], n: int, max_tokens: int) -> float:
+        """The most a call can spend in `flops` or `eflops`: every prompt token computed,
+        every sample running to `max_tokens` (decoded alone, so it reads all weights)."""
+        flops = sum(
             self.cost.generation_flops(
                 prompt_len=p, computed_prompt=p, completion_lens=[max_tokens] * n
             )
             for p in prompt_lens
         )
+        if unit == "flops":
+            return flops
+        moved = sum(
+            self.cost.prefill_bytes(p)
+            + n * self.cost.decode_bytes(max_tokens, context_before=p, batch=1)
+            for p in prompt_lens
+        )
+        return self.cost.eflops(flops, moved)
 
-    def _fit_flops(self, prompt_lens: Sequence[int], n: int, allowed: int, left: float) -> int:
-        if self._worst_flops(prompt_lens, n, allowed) <= left:
+    def _fit(self, unit: str, prompt_lens: Sequence[int], n: int, allowed: int, left: float) -> int:
+        if self._worst(unit, prompt_lens, n, allowed) <= left:
             return allowed
         lo, hi = 0, allowed  # largest max_tokens whose worst case fits: binary search
         while lo < hi:
             mid = (lo + hi + 1) // 2
-            if self._worst_flops(prompt_lens, n, mid) <= left:
+            if self._worst(unit, prompt_lens, n, mid) <= left:
                 lo = mid
             else:
                 hi = mid - 1
         if lo < 1:
-            raise self._refuse("flops", self._worst_flops(prompt_lens, n, 1))
+            raise self._refuse(unit, self._worst(unit, prompt_lens, n, 1))
         return lo
 
     def debit_generate(
@@ -186,6 +382,9 @@ class Ledger:
         s.prefill_tokens += prompt_tokens - cached_prompt_tokens
         s.flops += flops
         s.bytes += bytes_moved
+        s.eflops += self.cost.eflops(flops, bytes_moved) if self.cost.known else 0.0
+        if self.policy is not None:
+            self.policy.after_generate(self, tokens=completion_tokens, samples=sequences)
 
     # -- reward -----------------------------------------------------------------------
     def authorize_score(self, n_requests: int) -> None:

@@ -76,6 +76,9 @@ class BudgetConfig:
     reward_tokens: int | None = bounded(None, ge=0, help="tokens read by reward models")
     reward_calls: int | None = bounded(None, ge=0, help="reward-model calls")
     flops: float | None = bounded(None, gt=0, help="model FLOPs (policy, from the cost model)")
+    eflops: float | None = bounded(
+        None, gt=0, help="effective FLOPs: FLOPs + intensity * bytes moved (ttc.cost)"
+    )
     seconds: float | None = bounded(None, gt=0, help="wall seconds of the problem")
 
 

@@ -186,6 +186,9 @@ class SolveContext:
         )
         if errors and not children:
             raise BackendError(f"every request of the call failed: {errors[0]}")
+        if self.ledger.wants_answers:  # an allocator's stop rule reads the answers
+            stated = (self.answer(b) for b in children)
+            self.ledger.observe_answers([self.normalize(a) for a in stated if a is not None])
         return children
 
     def _child(self, parent: Branch, g: Generation) -> Branch:

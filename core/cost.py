@@ -200,9 +200,7 @@ class CostModel:
         """Roofline time estimate on this model's hardware profile, seconds."""
         return self.hw.seconds(flops, bytes_moved)
 
-    def report(
-        self, *, prompt_len: int, completion_len: int, batch: int = 1
-    ) -> dict[str, Figure]:
+    def report(self, *, prompt_len: int, completion_len: int, batch: int = 1) -> dict[str, Figure]:
         """The cost of one sequence (prefill `prompt_len`, decode `completion_len`), every
         figure with its unit."""
         pf = self.prefill_flops(prompt_len)

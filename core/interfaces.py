@@ -140,6 +140,15 @@ class Allocator(abc.ABC):
     def release(self, problem: Problem, budget: Budget, spent: dict[str, float]) -> None:  # noqa: B027
         """Called when a problem finishes, with what it spent (for pooled allocators)."""
 
+    def plan(self, problems: Sequence[Problem]) -> None:  # noqa: B027
+        """Called once before solving, with every problem the run will solve (e.g. to size
+        a pool as the per-problem budget times their number)."""
+
+    async def prepare(self, problem: Problem, ctx: SolveContext) -> None:  # noqa: B027
+        """Called after `budget_for`, before the strategy starts, with the problem's
+        context: an allocator may spend a probe through it and then set
+        `ctx.ledger.budget` (e.g. by the problem's estimated difficulty)."""
+
 
 class Task(abc.ABC):
     """A source of problems and the rules to grade answers."""

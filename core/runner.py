@@ -224,6 +224,7 @@ class Runner:
             )
         self.run_id = run_id
         todo = [(i, p) for i, p in enumerate(problems) if p.id not in done]
+        parts.allocator.plan([p for _, p in todo])
         self.hook.on_run_start(run_id=run_id, config=plain, n_problems=len(todo))
         status, error = "failed", None
         scheduler: Scheduler | None = None
@@ -317,6 +318,8 @@ class Runner:
         status: Any = "ok"
         error = None
         try:
+            await parts.allocator.prepare(problem, ctx)
+            budget = ledger.budget  # prepare may have chosen another one
             solution = await parts.strategy.solve(problem, ctx)
         except BudgetExceeded:
             # The strategy let the refusal escape: it ends with no chosen answer.

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from sqlalchemy import Engine, Float, case, cast, create_engine, event, func, select
+from sqlalchemy import Engine, Float, Integer, case, cast, create_engine, event, func, select
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -299,10 +299,10 @@ class Store:
                 select(
                     func.count(R.id),
                     func.sum(case((R.status == "error", 1), else_=0)),
-                    func.avg(cast(R.correct, Float)),
+                    func.avg(_as_rate(R.correct)),
                     func.avg(R.pass_at_1),
-                    func.avg(cast(R.majority_correct, Float)),
-                    func.avg(cast(R.oracle_correct, Float)),
+                    func.avg(_as_rate(R.majority_correct)),
+                    func.avg(_as_rate(R.oracle_correct)),
                     func.sum(R.samples),
                     func.sum(R.tokens),
                     func.sum(R.prefill_tokens),
@@ -374,6 +374,11 @@ class Store:
         else:
             raise StoreError(f"unknown export format '{fmt}'; valid choices: jsonl, csv")
         return len(rows)
+
+
+def _as_rate(column: Any) -> Any:
+    """A nullable boolean as 0.0/1.0 for AVG (PostgreSQL casts bool only to integer)."""
+    return cast(cast(column, Integer), Float)
 
 
 def _row(obj: Any) -> dict[str, Any]:
