@@ -63,13 +63,13 @@ def dirichlet_leader_probability(
 ) -> float:
     """P(the first count's answer has the largest probability) under
     Dirichlet(counts + alpha), with one extra pseudo-answer for answers not yet seen."""
-    params = [c + alpha for c in counts] + [alpha]
-    wins = 0
-    for _ in range(draws):
-        # Gamma draws normalised are a Dirichlet draw; the argmax needs no normalising.
-        g = [rng.gammavariate(p, 1.0) for p in params]
-        wins += g[0] >= max(g)
-    return wins / draws
+    import numpy as np  # vectorised Gamma draws: thousands per round in microseconds
+
+    params = np.array([c + alpha for c in counts] + [alpha], dtype=float)
+    gen = np.random.default_rng(rng.getrandbits(64))
+    # Gamma draws normalised are a Dirichlet draw; the argmax needs no normalising.
+    g = gen.gamma(params, size=(draws, len(params)))
+    return float(np.mean(g[:, 0] >= g.max(axis=1)))
 
 
 def confidence(
