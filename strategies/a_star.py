@@ -32,10 +32,13 @@ from statistics import fmean
 
 from ttc.config import StrategyConfig, bounded
 from ttc.context import SolveContext
+from ttc.errors import BackendError, BudgetExceeded
 from ttc.interfaces import Strategy
 from ttc.strategies.common import STOPS, ended_by, mark_steps, solution, step_sampling
 from ttc.types import Branch, Problem, Solution
 
+MAX_FAILED_CALLS = 3
+"""Consecutive failed expansions after which the backend is taken to be gone."""
 EPS = 1e-4
 """Floor on a step score before its log: one step scored 0 must not make a path -inf."""
 
@@ -94,7 +97,7 @@ class AStar(Strategy):
         partial: list[Branch] = []
         depths: list[int] = []
         stop = "exhausted"
-        expanded = 0
+        expanded = failures = 0
         while queue:
             batch: list[Branch] = []
             while queue and len(batch) < c.pop and len(accepted) < c.solutions:
@@ -126,7 +129,20 @@ class AStar(Strategy):
                 break
             try:
                 children = await ctx.generate(batch, step)
-                mark_steps(children)
+            except BackendError as exc:
+                # The popped nodes are dropped (the context recorded the failure); the
+                # rest of the queue is still worth searching, unless the backend is gone.
+                failures += 1
+                if failures >= MAX_FAILED_CALLS:
+                    stop = ended_by(ctx, exc)
+                    break
+                continue
+            except BudgetExceeded as exc:
+                stop = ended_by(ctx, exc)
+                break
+            failures = 0
+            mark_steps(children)
+            try:
                 await ctx.score(children)
             except STOPS as exc:
                 stop = ended_by(ctx, exc)

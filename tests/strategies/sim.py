@@ -34,6 +34,7 @@ from ttc.budget import Budget, Ledger
 from ttc.config import BackendConfig, RewardConfig, TaskConfig, bounded
 from ttc.context import SolveContext
 from ttc.cost import CostModel
+from ttc.errors import BackendError
 from ttc.interfaces import Backend, RewardModel, Strategy, Task
 from ttc.scheduler import Scheduler
 from ttc.types import (
@@ -312,6 +313,9 @@ class Env:
     budget: Budget = field(default_factory=Budget)
     aggregate: str = "last"
     seed: int = 0
+    record_errors: bool = False
+    """Turn a `BackendError` the strategy raises into an unanswered outcome (trace
+    `raised`), as the Runner records a failed problem, instead of failing the batch."""
 
 
 def solve_all(
@@ -340,7 +344,12 @@ def solve_all(
             aggregate=env.aggregate,
             seed=env.seed,
         )
-        return Outcome(problem, await strategy.solve(problem, ctx), ctx)
+        try:
+            return Outcome(problem, await strategy.solve(problem, ctx), ctx)
+        except BackendError as exc:
+            if not env.record_errors:
+                raise
+            return Outcome(problem, Solution(answer=None, trace={"raised": str(exc)}), ctx)
 
     async def go() -> list[Outcome]:
         scheduler = Scheduler(backend, reward, max_batch_size=512, max_wait_s=0.0)
