@@ -15,8 +15,12 @@ import ttc
 @ttc.hookimpl
 def register_backends(register: Callable[..., None]) -> None:
     from ttc.backends.hf import HFBackend, HFBackendConfig
+    from ttc.backends.openai import OpenAIBackend, OpenAIBackendConfig
+    from ttc.backends.vllm import VLLMBackend, VLLMBackendConfig
 
     register(HFBackend, HFBackendConfig)
+    register(VLLMBackend, VLLMBackendConfig)
+    register(OpenAIBackend, OpenAIBackendConfig)
 
 
 @ttc.hookimpl

@@ -1,0 +1,589 @@
+"""The OpenAI-compatible backend: any server that speaks `/v1/completions` (vLLM, SGLang,
+llama.cpp's server, hosted APIs), over async HTTP with httpx.
+
+Every request of every running problem is sent as it comes (`batches_itself`): the server
+batches them continuously, and a semaphore bounds how many are in flight.
+
+- Prompts go to `/v1/completions` (not chat), so a search branch continues exactly where
+  it stopped: as text, or as token ids (`prompt_token_ids=true`) where the server accepts
+  token arrays (vLLM, OpenAI's legacy completions, llama.cpp).
+- `extensions=true` (the default) also sends the sampling fields vLLM and SGLang accept
+  beyond OpenAI's: `include_stop_str_in_output` (the stop string stays in the text, as
+  everywhere in ttc), `return_token_ids` (the generated ids themselves, not a re-encoding
+  of the text), `top_k`, `min_p`. Set it false for hosted APIs that reject unknown fields;
+  the stop string is then appended by the backend when it can tell which one matched
+  (`stop_reason`, or the text ending with it). A server that strips it and does not say
+  which matched cannot be told from an end-of-sequence: that generation counts as `eos`.
+- Failures are never silent: 429s, 5xx answers, timeouts and broken connections are
+  retried with exponential backoff and full jitter (honouring `Retry-After`), up to
+  `max_attempts`; every failed attempt is logged (logger `ttc.backends.openai`) and counted
+  in `backend.stats`, and the last one surfaces as `BackendError`, which the run records
+  against the problem's call. Other 4xx answers fail at once.
+- Usage is what the server reports: `usage.prompt_tokens`, `usage.completion_tokens` and
+  `usage.prompt_tokens_details.cached_tokens` when present (vLLM reports it with
+  `--enable-prompt-tokens-details`).
+- The API key is read from the environment variable named by `api_key_env` when the
+  backend starts; it is never part of the config, so it never reaches the run store.
+
+`render`/`encode`/`decode` use, in order: a local tokenizer (`tokenizer=<model spec>`, the
+same rules as the transformers backend, and the model's architecture for FLOP counts);
+else the server's `/tokenize` and `/detokenize` (vLLM, SGLang), which also render chats
+with the server's template; else one id per UTF-8 byte (token counts are then byte counts,
+roughly 4x real ones; the server's usage figures are still exact).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from ttc.backends._text import ByteCodec, ChatCodec, Codec, plain_prompt, problem_messages
+from ttc.config import BackendConfig, bounded
+from ttc.errors import BackendError
+from ttc.interfaces import Backend
+from ttc.types import (
+    FinishReason,
+    GenerateRequest,
+    GenerateResult,
+    Generation,
+    ModelArchitecture,
+    Problem,
+    Sampling,
+    Usage,
+)
+
+if TYPE_CHECKING:
+    import httpx
+
+log = logging.getLogger("ttc.backends.openai")
+
+RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+"""HTTP answers worth another attempt: rate limits, overload and server-side failures."""
+
+
+@dataclass
+class OpenAIBackendConfig(BackendConfig):
+    name: str = "openai"
+    base_url: str = "http://127.0.0.1:8000/v1"
+    """The server's API root (ending in /v1)."""
+    model: str | None = None
+    """Model name the server serves; unset: the first one `GET /models` lists."""
+    tokenizer: str | None = None
+    """Model spec (alias, directory, .gguf, hub id) whose tokenizer renders and encodes
+    prompts locally; unset: the server's /tokenize, else one id per UTF-8 byte."""
+    api_key_env: str = "OPENAI_API_KEY"
+    """Name of the environment variable holding the API key (unset or empty: no key)."""
+    prompt_token_ids: bool = False
+    """Send prompts as token id arrays (exact branch continuation) instead of text."""
+    extensions: bool = True
+    """Send vLLM/SGLang fields (include_stop_str_in_output, return_token_ids, top_k,
+    min_p); false for APIs that reject unknown fields."""
+    server_tokenize: bool = True
+    """Without `tokenizer`, use the server's /tokenize and /detokenize when it has them."""
+    max_concurrency: int = bounded(64, ge=1, help="requests in flight at once")
+    max_attempts: int = bounded(5, ge=1, help="tries per request (1: no retries)")
+    backoff_base_s: float = bounded(0.5, ge=0, help="first retry waits up to this long")
+    backoff_max_s: float = bounded(30.0, ge=0, help="cap of one backoff wait")
+    timeout_s: float = bounded(300.0, gt=0, help="seconds one HTTP request may take")
+    connect_timeout_s: float = bounded(10.0, gt=0, help="seconds to open a connection")
+    system_prompt: str | None = None
+    """Prepended as a system message when a chat problem has none."""
+    extra_body: dict[str, Any] = field(default_factory=dict)
+    """Extra fields sent with every completion request (server-specific options)."""
+    trust_remote_code: bool = False
+    cache_dir: str | None = None
+    """Where converted models live (for `tokenizer`); default $TTC_CACHE_DIR or ~/.cache/ttc."""
+
+
+@dataclass
+class RequestStats:
+    """What the backend has sent and what failed, for logs, tests and benchmarks."""
+
+    requests: int = 0
+    """Logical requests (one per `agenerate`/tokenize call)."""
+    attempts: int = 0
+    """HTTP requests sent, retries included."""
+    retries: int = 0
+    failures: collections.Counter[str] = field(default_factory=collections.Counter)
+    """Failed attempts by kind: `http_429`, `http_500`, `timeout`, `connection`, ..."""
+    gave_up: int = 0
+    """Requests that failed for good (raised `BackendError`)."""
+    last_errors: collections.deque[str] = field(
+        default_factory=lambda: collections.deque(maxlen=20)
+    )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "attempts": self.attempts,
+            "retries": self.retries,
+            "failures": dict(self.failures),
+            "gave_up": self.gave_up,
+        }
+
+
+class _Failure(Exception):
+    """One failed attempt: its kind, a message, and whether another attempt may help."""
+
+    def __init__(self, kind: str, message: str, *, retry: bool, wait_s: float | None = None):
+        super().__init__(message)
+        self.kind = kind
+        self.retry = retry
+        self.wait_s = wait_s
+
+
+def _classify_response(resp: httpx.Response) -> _Failure | None:
+    if resp.status_code < 400:
+        return None
+    body = resp.text.strip().replace("\n", " ")[:300]
+    wait = None
+    raw = resp.headers.get("retry-after")
+    if raw is not None:
+        try:
+            wait = max(0.0, float(raw))
+        except ValueError:
+            wait = None
+    return _Failure(
+        f"http_{resp.status_code}",
+        f"HTTP {resp.status_code} from {resp.request.url}: {body}",
+        retry=resp.status_code in RETRYABLE_STATUS,
+        wait_s=wait,
+    )
+
+
+def _classify_exception(exc: Exception) -> _Failure:
+    import httpx
+
+    if isinstance(exc, httpx.TimeoutException):
+        return _Failure("timeout", f"timed out: {type(exc).__name__}: {exc}", retry=True)
+    if isinstance(exc, httpx.TransportError):
+        return _Failure("connection", f"{type(exc).__name__}: {exc}", retry=True)
+    return _Failure("error", f"{type(exc).__name__}: {exc}", retry=False)
+
+
+class _Retry:
+    """The retry policy: exponential backoff with full jitter, bounded attempts."""
+
+    def __init__(self, config: OpenAIBackendConfig, stats: RequestStats) -> None:
+        self.config = config
+        self.stats = stats
+        self.rng = random.Random()
+
+    def delay(self, attempt: int, failure: _Failure) -> float:
+        cfg = self.config
+        cap = min(cfg.backoff_max_s, cfg.backoff_base_s * 2 ** (attempt - 1))
+        wait = self.rng.uniform(0, cap)
+        if failure.wait_s is not None:  # the server said how long; never exceed our cap
+            wait = max(wait, min(failure.wait_s, cfg.backoff_max_s))
+        return wait
+
+    def failed(self, what: str, attempt: int, failure: _Failure) -> bool:
+        """Record a failed attempt; True when another one should be made."""
+        self.stats.failures[failure.kind] += 1
+        self.stats.last_errors.append(f"{what}: {failure}")
+        again = failure.retry and attempt < self.config.max_attempts
+        log.warning(
+            "%s: attempt %d/%d failed (%s): %s%s",
+            what,
+            attempt,
+            self.config.max_attempts,
+            failure.kind,
+            failure,
+            "; retrying" if again else "",
+        )
+        if again:
+            self.stats.retries += 1
+        else:
+            self.stats.gave_up += 1
+        return again
+
+    def error(self, what: str, attempt: int, failure: _Failure) -> BackendError:
+        tried = f"after {attempt} attempt{'s' * (attempt > 1)}"
+        hint = {
+            "http_401": "set the environment variable named by backend.api_key_env",
+            "http_404": "check backend.base_url and backend.model (GET /models lists them)",
+            "connection": "is the server running at backend.base_url?",
+        }.get(failure.kind, "raise backend.max_attempts / backend.timeout_s, or check the server")
+        return BackendError(f"{what} failed {tried}: {failure}", hint=hint)
+
+
+class OpenAIBackend(Backend):
+    """Completions from an OpenAI-compatible HTTP server."""
+
+    name: ClassVar[str] = "openai"
+    batches_itself: ClassVar[bool] = True
+
+    config: OpenAIBackendConfig
+
+    def __init__(self, config: OpenAIBackendConfig) -> None:
+        super().__init__(config)
+        self.stats = RequestStats()
+        self._retry = _Retry(config, self.stats)
+        self._client: httpx.AsyncClient | None = None
+        self._sem: asyncio.Semaphore | None = None
+        self._api_key: str | None = None
+        self._model: str | None = config.model
+        self._codec: Codec | None = None
+        self._arch: ModelArchitecture | None = None
+        self.codec_kind: str = ""
+        """Where tokenization comes from: `local`, `server` or `bytes`."""
+
+    def __repr__(self) -> str:  # never shows the key
+        return f"OpenAIBackend(base_url={self.config.base_url!r}, model={self._model!r})"
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def _headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        if self._api_key:
+            headers["Authorization"] = f"Bearer {self._api_key}"
+        return headers
+
+    def _timeout(self) -> httpx.Timeout:
+        import httpx
+
+        return httpx.Timeout(self.config.timeout_s, connect=self.config.connect_timeout_s)
+
+    async def start(self) -> None:
+        import httpx
+
+        cfg = self.config
+        self._api_key = os.environ.get(cfg.api_key_env) or None
+        if self._api_key is None:
+            log.info("no API key: $%s is not set; sending requests without one", cfg.api_key_env)
+        limits = httpx.Limits(
+            max_connections=cfg.max_concurrency, max_keepalive_connections=cfg.max_concurrency
+        )
+        self._client = httpx.AsyncClient(
+            base_url=cfg.base_url.rstrip("/") + "/",
+            headers=self._headers(),
+            timeout=self._timeout(),
+            limits=limits,
+        )
+        self._sem = asyncio.Semaphore(cfg.max_concurrency)
+        if self._model is None:
+            listing = await self._request("GET", "models", None)
+            data = listing.get("data") or []
+            if not data:
+                raise BackendError(
+                    f"{cfg.base_url}/models lists no model", hint="set backend.model explicitly"
+                )
+            self._model = str(data[0]["id"])
+        # Tokenizer loading and server probes are blocking: keep them off the event loop.
+        await asyncio.to_thread(self._setup_codec)
+
+    def _setup_codec(self) -> None:
+        cfg = self.config
+        if cfg.tokenizer:
+            from ttc.backends._text import model_dir_of
+            from ttc.backends.models import architecture_of
+
+            model_dir = model_dir_of(cfg.tokenizer, cache=cfg.cache_dir)
+            self._codec = ChatCodec.load(
+                model_dir, system_prompt=cfg.system_prompt, trust_remote_code=cfg.trust_remote_code
+            )
+            self.codec_kind = "local"
+            if (model_dir / "config.json").is_file():
+                from transformers import AutoConfig
+
+                hf_config = AutoConfig.from_pretrained(
+                    str(model_dir), trust_remote_code=cfg.trust_remote_code
+                )
+                self._arch = architecture_of(hf_config)
+            return
+        if cfg.server_tokenize:
+            codec = ServerCodec(self)
+            if codec.probe():
+                self._codec, self.codec_kind = codec, "server"
+                return
+        log.warning(
+            "no tokenizer configured and %s has no /tokenize: token ids are UTF-8 bytes "
+            "(counts about 4x real tokens); set backend.tokenizer for exact counts",
+            cfg.base_url,
+        )
+        self._codec, self.codec_kind = ByteCodec(system_prompt=cfg.system_prompt), "bytes"
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+        if self.stats.failures:
+            log.warning("openai backend: %s", self.stats.as_dict())
+
+    @property
+    def model_name(self) -> str:
+        return self._model or str(self.config.model or self.config.base_url)
+
+    @property
+    def architecture(self) -> ModelArchitecture | None:
+        return self._arch
+
+    # -- text -----------------------------------------------------------------------------
+    def _require_codec(self) -> Codec:
+        if self._codec is None:
+            raise BackendError("the openai backend is not started", hint="await backend.start()")
+        return self._codec
+
+    def render(self, problem: Problem) -> str:
+        return self._require_codec().render(problem)
+
+    def encode(self, text: str) -> list[int]:
+        return self._require_codec().encode(text)
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        return self._require_codec().decode(token_ids)
+
+    def _continuation_ids(self, text: str) -> list[int]:
+        """Ids of generated text when the server did not return them (a re-encoding)."""
+        codec = self._require_codec()
+        if isinstance(codec, ChatCodec):
+            return list(codec.tokenizer(text, add_special_tokens=False)["input_ids"])
+        if isinstance(codec, ServerCodec):
+            return codec.tokenize(text, special=False)
+        return codec.encode(text)
+
+    # -- HTTP -----------------------------------------------------------------------------
+    async def _request(self, method: str, path: str, body: dict[str, Any] | None) -> dict[str, Any]:
+        """One logical request with retries; the parsed JSON answer."""
+        if self._client is None or self._sem is None:
+            raise BackendError("the openai backend is not started", hint="await backend.start()")
+        what = f"{method} {self.config.base_url.rstrip('/')}/{path}"
+        self.stats.requests += 1
+        attempt = 0
+        while True:
+            attempt += 1
+            self.stats.attempts += 1
+            try:
+                async with self._sem:
+                    resp = await self._client.request(method, path, json=body)
+                failure = _classify_response(resp)
+                if failure is None:
+                    return _json(resp)
+            except _Failure as exc:
+                failure = exc
+            except Exception as exc:
+                failure = _classify_exception(exc)
+            if not self._retry.failed(what, attempt, failure):
+                raise self._retry.error(what, attempt, failure)
+            await asyncio.sleep(self._retry.delay(attempt, failure))
+
+    def request_sync(
+        self, method: str, url: str, body: dict[str, Any] | None, *, attempts: int | None = None
+    ) -> dict[str, Any]:
+        """A blocking request with the same retry policy (tokenizer calls)."""
+        import httpx
+
+        self.stats.requests += 1
+        limit = attempts or self.config.max_attempts
+        attempt = 0
+        while True:
+            attempt += 1
+            self.stats.attempts += 1
+            try:
+                with httpx.Client(headers=self._headers(), timeout=self._timeout()) as client:
+                    resp = client.request(method, url, json=body)
+                failure = _classify_response(resp)
+                if failure is None:
+                    return _json(resp)
+            except _Failure as exc:
+                failure = exc
+            except Exception as exc:
+                failure = _classify_exception(exc)
+            if attempt >= limit:
+                failure.retry = False
+            if not self._retry.failed(f"{method} {url}", attempt, failure):
+                raise self._retry.error(f"{method} {url}", attempt, failure)
+            time.sleep(self._retry.delay(attempt, failure))
+
+    # -- generation -----------------------------------------------------------------------
+    def completion_body(self, request: GenerateRequest) -> dict[str, Any]:
+        """The JSON body of the `/completions` call for one request."""
+        s = request.sampling
+        if s.n < 1 or s.max_tokens < 1:
+            raise BackendError(
+                f"sampling needs n >= 1 and max_tokens >= 1, got n={s.n}, max_tokens={s.max_tokens}"
+            )
+        prompt: str | list[int] = request.prompt
+        if self.config.prompt_token_ids and request.prompt_token_ids is not None:
+            prompt = [int(t) for t in request.prompt_token_ids]
+        body: dict[str, Any] = {
+            "model": self._model,
+            "prompt": prompt,
+            "n": s.n,
+            "max_tokens": s.max_tokens,
+            "temperature": s.temperature,
+            "top_p": s.top_p,
+        }
+        if s.stop:
+            body["stop"] = list(s.stop)
+        if s.seed is not None:
+            body["seed"] = s.seed
+        if s.logprobs:
+            body["logprobs"] = 1
+        if self.config.extensions:
+            body["include_stop_str_in_output"] = True
+            body["return_token_ids"] = True
+            if s.top_k > 0:
+                body["top_k"] = s.top_k
+            if s.min_p > 0:
+                body["min_p"] = s.min_p
+        body.update(self.config.extra_body)
+        return body
+
+    async def agenerate(self, request: GenerateRequest) -> GenerateResult:
+        body = self.completion_body(request)
+        t0 = time.perf_counter()
+        answer = await self._request("POST", "completions", body)
+        latency = time.perf_counter() - t0
+        return await asyncio.to_thread(self.parse_completion, request, answer, latency)
+
+    def parse_completion(
+        self, request: GenerateRequest, answer: dict[str, Any], latency: float
+    ) -> GenerateResult:
+        """Generations and usage from a `/completions` answer (choices in index order)."""
+        s = request.sampling
+        choices = sorted(answer.get("choices") or [], key=lambda c: int(c.get("index", 0)))
+        if len(choices) != s.n:
+            raise BackendError(
+                f"the server returned {len(choices)} choices for n={s.n}",
+                hint="the server may not support n > 1; use a strategy with n=1 per call",
+            )
+        gens = tuple(self._generation(c, s) for c in choices)
+        usage = answer.get("usage") or {}
+        details = usage.get("prompt_tokens_details") or {}
+        prompt_tokens = usage.get("prompt_tokens")
+        if prompt_tokens is None:
+            prompt_tokens = len(request.prompt_token_ids or self.encode(request.prompt))
+        completion = usage.get("completion_tokens")
+        if completion is None:
+            completion = sum(len(g.token_ids) for g in gens)
+        cached = int(details.get("cached_tokens") or 0)
+        return GenerateResult(
+            generations=gens,
+            usage=Usage(
+                prompt_tokens=int(prompt_tokens),
+                cached_prompt_tokens=min(cached, int(prompt_tokens)),
+                completion_tokens=int(completion),
+                latency_s=latency,
+            ),
+        )
+
+    def _generation(self, choice: dict[str, Any], s: Sampling) -> Generation:
+        text = str(choice.get("text") or "")
+        raw_finish = choice.get("finish_reason")
+        stop_reason = choice.get("stop_reason")
+        reason: FinishReason
+        matched: str | None = None
+        if raw_finish == "length":
+            reason = "length"
+        elif raw_finish == "stop":
+            if isinstance(stop_reason, str) and stop_reason in s.stop:
+                matched = stop_reason
+            else:
+                matched = next((st for st in s.stop if text.endswith(st)), None)
+            reason = "stop" if matched is not None else "eos"
+            if matched is not None and not text.endswith(matched):
+                text += matched  # the server trimmed it; ttc keeps it
+        else:
+            raise BackendError(f"the server ended a completion with finish_reason={raw_finish!r}")
+        ids = choice.get("token_ids")
+        token_ids = (
+            tuple(int(t) for t in ids) if ids is not None else tuple(self._continuation_ids(text))
+        )
+        logprobs: tuple[float, ...] | None = None
+        if s.logprobs:
+            lp = (choice.get("logprobs") or {}).get("token_logprobs")
+            if lp is None:
+                raise BackendError("logprobs were requested but the server returned none")
+            logprobs = tuple(float(x) if x is not None else 0.0 for x in lp)
+        return Generation(
+            token_ids=token_ids,
+            text=text,
+            finish_reason=reason,
+            logprobs=logprobs,
+            stop_reason=matched,
+        )
+
+
+def _json(resp: httpx.Response) -> dict[str, Any]:
+    try:
+        data = resp.json()
+    except ValueError as exc:
+        raise _Failure(
+            "bad_response",
+            f"non-JSON answer from {resp.request.url}: {resp.text[:200]!r}",
+            retry=True,
+        ) from exc
+    if not isinstance(data, dict):
+        raise _Failure("bad_response", f"unexpected JSON from {resp.request.url}", retry=False)
+    return data
+
+
+class ServerCodec:
+    """Rendering and tokenization through the server's `/tokenize` and `/detokenize`
+    (vLLM, SGLang). Those live at the server root, beside `/v1`."""
+
+    def __init__(self, backend: OpenAIBackend) -> None:
+        self.backend = backend
+        base = backend.config.base_url.rstrip("/")
+        self.root = base[: -len("/v1")] if base.endswith("/v1") else base
+        self.system_prompt = backend.config.system_prompt
+        self.bos: int | None = None
+        self.chat = True
+
+    def _post(self, path: str, body: dict[str, Any], *, attempts: int | None = None) -> Any:
+        body = {"model": self.backend.model_name, **body}
+        return self.backend.request_sync("POST", f"{self.root}/{path}", body, attempts=attempts)
+
+    def probe(self) -> bool:
+        """Whether the server tokenizes; learns whether it prepends a BOS token."""
+        try:
+            plain = self._post("tokenize", {"prompt": "a", "add_special_tokens": False}, attempts=1)
+            special = self._post(
+                "tokenize", {"prompt": "a", "add_special_tokens": True}, attempts=1
+            )
+        except BackendError as exc:
+            log.info("the server does not tokenize (%s)", exc)
+            return False
+        a, b = list(plain["tokens"]), list(special["tokens"])
+        self.bos = b[0] if len(b) == len(a) + 1 and b[1:] == a else None
+        return True
+
+    def tokenize(self, text: str, *, special: bool) -> list[int]:
+        out = self._post("tokenize", {"prompt": text, "add_special_tokens": special})
+        return [int(t) for t in out["tokens"]]
+
+    def render(self, problem: Problem) -> str:
+        if self.chat:
+            messages = problem_messages(problem, self.system_prompt)
+            try:
+                out = self._post(
+                    "tokenize",
+                    {
+                        "messages": messages,
+                        "add_generation_prompt": True,
+                        "add_special_tokens": False,
+                    },
+                    attempts=1,
+                )
+            except BackendError as exc:  # no chat template: a base model
+                log.info("the server renders no chat (%s); using plain prompts", exc)
+                self.chat = False
+            else:
+                return self.decode(out["tokens"])
+        return plain_prompt(problem, self.system_prompt)
+
+    def encode(self, text: str) -> list[int]:
+        ids = self.tokenize(text, special=False)
+        if self.bos is not None and ids[:1] != [self.bos]:
+            ids.insert(0, self.bos)
+        return ids
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        return str(self._post("detokenize", {"tokens": [int(t) for t in token_ids]})["prompt"])
