@@ -20,7 +20,7 @@ from ttc.context import SolveContext
 from ttc.interfaces import Strategy
 from ttc.strategies.common import normalise_log_weights
 from ttc.strategies.particle_filter import Particle, ParticleFilterConfig, Smc, choose
-from ttc.types import Problem, Solution
+from ttc.types import Branch, Problem, Solution
 
 
 @dataclass
@@ -37,7 +37,7 @@ class ParticleGibbs(Strategy):
         rng = random.Random(ctx.rng.getrandbits(32))
         pool: list[Particle] = []
         weights: list[float] = []
-        reference = []
+        reference: list[Branch] = []
         stops: list[str] = []
         for it in range(c.iterations):
             smc = Smc(c, ctx, rng, reference=reference)
@@ -55,7 +55,7 @@ class ParticleGibbs(Strategy):
             pick = rng.choices(finished, weights=[w[i] + 1e-12 for i in finished])[0]
             reference = ctx.path(particles[pick].branch)
             particles[pick].branch.extra.setdefault("reference_of", []).append(it + 1)
-        total = len(weights) and sum(weights)
+        total = sum(weights) if weights else 0.0
         norm = [x / total for x in weights] if total else weights
         return choose(
             ctx,
