@@ -363,6 +363,30 @@ class HFBackend(Backend):
             results.append(GenerateResult(generations=gens, usage=usage))
         return results
 
+    def next_token_logprobs(
+        self, prompts: Sequence[Sequence[int]], candidates: Sequence[int]
+    ) -> list[tuple[list[float], Usage]]:
+        """Log-probabilities of the `candidates` token ids as the next token after each
+        prompt (e.g. "Yes"/"No" for a judge), with what each prompt's prefill cost. Uses
+        and fills the prefix cache like generation does."""
+        import torch
+
+        loaded = self._require()
+        ids = [tuple(int(t) for t in p) for p in prompts]
+        if not ids:
+            return []
+        if any(not p for p in ids):
+            raise BackendError("a next-token request has an empty prompt")
+        started = time.perf_counter()
+        with self._lock, torch.inference_mode():
+            logits, _, cached = self._prefill(loaded, ids)
+            picked = torch.log_softmax(logits.float(), dim=-1)[:, list(candidates)]
+        latency = time.perf_counter() - started
+        return [
+            (row, Usage(prompt_tokens=len(p), cached_prompt_tokens=c, latency_s=latency))
+            for row, p, c in zip(picked.tolist(), ids, cached, strict=True)
+        ]
+
     def _prompt_ids(self, request: GenerateRequest) -> tuple[int, ...]:
         if request.prompt_token_ids is not None:
             ids = tuple(int(t) for t in request.prompt_token_ids)

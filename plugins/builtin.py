@@ -51,16 +51,37 @@ def register_strategies(register: Callable[..., None]) -> None:
 
 @ttc.hookimpl
 def register_reward_models(register: Callable[..., None]) -> None:
+    from ttc.plugins.rewards.judge import Judge, JudgeConfig
+    from ttc.plugins.rewards.oracle import OracleReward, OracleRewardConfig
+    from ttc.plugins.rewards.orm import ORMConfig, OutcomeRewardModel
+    from ttc.plugins.rewards.prm import PRMConfig, ProcessRewardModel
+    from ttc.plugins.rewards.rule import RuleReward, RuleRewardConfig
     from ttc.plugins.rewards.self_certainty import SelfCertainty, SelfCertaintyConfig
 
     register(SelfCertainty, SelfCertaintyConfig)
+    register(ProcessRewardModel, PRMConfig)
+    register(OutcomeRewardModel, ORMConfig)
+    register(Judge, JudgeConfig)
+    register(RuleReward, RuleRewardConfig)
+    register(OracleReward, OracleRewardConfig)
 
 
 @ttc.hookimpl
 def register_allocators(register: Callable[..., None]) -> None:
+    from ttc.plugins.allocators.adaptive_stop import (
+        AdaptiveStopAllocator,
+        AdaptiveStopAllocatorConfig,
+    )
+    from ttc.plugins.allocators.difficulty import DifficultyAllocator, DifficultyAllocatorConfig
     from ttc.plugins.allocators.fixed import FixedAllocator, FixedAllocatorConfig
+    from ttc.plugins.allocators.global_pool import GlobalAllocator, GlobalAllocatorConfig
+    from ttc.plugins.allocators.rollover import RolloverAllocator, RolloverAllocatorConfig
 
     register(FixedAllocator, FixedAllocatorConfig)
+    register(GlobalAllocator, GlobalAllocatorConfig)
+    register(AdaptiveStopAllocator, AdaptiveStopAllocatorConfig)
+    register(RolloverAllocator, RolloverAllocatorConfig)
+    register(DifficultyAllocator, DifficultyAllocatorConfig)
 
 
 @ttc.hookimpl

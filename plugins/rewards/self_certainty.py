@@ -1,9 +1,19 @@
 """`self_certainty`: the policy's confidence in its own tokens, no extra model.
 
-A step's score is the geometric-mean probability of its tokens, exp(mean logprob), in
-[0, 1]. `mode=window` uses the lowest mean over a sliding window of tokens instead
-(a low-confidence stretch inside a step pulls it down). Generations are requested with
-logprobs; a step without them scores 0.5 (no information).
+Generations are requested with logprobs; a step's score comes from its tokens' logprobs:
+
+- `mode=mean` (default): the geometric-mean token probability, `exp(mean logprob)`.
+- `mode=entropy`: `exp(-H)` with `H` the step's mean token entropy (nats). Where the
+  request carries no full distributions (`step_entropies`; the built-in backends return
+  only the sampled token's logprob), `H` is estimated by `-mean(logprob)` of the sampled
+  tokens, an unbiased estimate of the entropy of the sampling distribution at
+  temperature 1 (DeepConf's "token entropy" under sampling).
+- `mode=window`: the lowest mean logprob over a sliding window of `window` tokens
+  (DeepConf's lowest group confidence), `exp` of it: one low-confidence stretch pulls the
+  whole step down. A step shorter than the window uses its mean.
+
+All three are in [0, 1], higher is more confident. A step without logprobs scores 0.5
+(no information). No reward-model tokens are spent.
 """
 
 from __future__ import annotations
@@ -21,16 +31,41 @@ from ttc.types import ScoreRequest, ScoreResult
 class SelfCertaintyConfig(RewardConfig):
     name: str = "self_certainty"
     aggregate: str = bounded("mean", choices=["last", "min", "prod", "mean"])
-    mode: str = bounded("mean", choices=["mean", "window"], help="mean or lowest window")
+    mode: str = bounded(
+        "mean",
+        choices=["mean", "entropy", "window"],
+        help="mean logprob, mean entropy, or lowest sliding-window confidence",
+    )
     window: int = bounded(16, ge=1, help="tokens per window (mode=window)")
 
 
-def step_confidence(logprobs: Sequence[float], *, mode: str = "mean", window: int = 16) -> float:
+def lowest_window_mean(logprobs: Sequence[float], window: int) -> float:
+    """The lowest mean over every run of `window` consecutive values (one pass)."""
+    if len(logprobs) <= window:
+        return sum(logprobs) / len(logprobs)
+    total = sum(logprobs[:window])
+    lowest = total
+    for i in range(window, len(logprobs)):
+        total += logprobs[i] - logprobs[i - window]
+        lowest = min(lowest, total)
+    return lowest / window
+
+
+def step_confidence(
+    logprobs: Sequence[float],
+    *,
+    mode: str = "mean",
+    window: int = 16,
+    entropies: Sequence[float] | None = None,
+) -> float:
+    """One step's confidence in [0, 1] (0.5 when there is nothing to read)."""
+    if mode == "entropy" and entropies:
+        return math.exp(-sum(entropies) / len(entropies))
     if not logprobs:
         return 0.5
-    if mode == "window" and len(logprobs) > window:
-        sums = [sum(logprobs[i : i + window]) / window for i in range(len(logprobs) - window + 1)]
-        return math.exp(min(sums))
+    if mode == "window":
+        return math.exp(lowest_window_mean(logprobs, window))
+    # mean, and entropy estimated from the sampled tokens: exp(-(-mean logprob))
     return math.exp(sum(logprobs) / len(logprobs))
 
 
@@ -42,9 +77,10 @@ class SelfCertainty(RewardModel):
         out = []
         for r in requests:
             steps = r.step_logprobs or tuple(() for _ in r.steps)
+            entropies = getattr(r, "step_entropies", None) or tuple(None for _ in steps)
             scores = tuple(
-                step_confidence(lp, mode=self.config.mode, window=self.config.window)
-                for lp in steps
+                step_confidence(lp, mode=self.config.mode, window=self.config.window, entropies=h)
+                for lp, h in zip(steps, entropies, strict=False)
             )
             out.append(ScoreResult(step_scores=scores, tokens=0))
         return out
