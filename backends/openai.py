@@ -374,29 +374,32 @@ class OpenAIBackend(Backend):
             await asyncio.sleep(self._retry.delay(attempt, failure))
 
     def request_sync(
-        self, method: str, url: str, body: dict[str, Any] | None, *, attempts: int | None = None
+        self, method: str, url: str, body: dict[str, Any] | None, *, probe: bool = False
     ) -> dict[str, Any]:
-        """A blocking request with the same retry policy (tokenizer calls)."""
+        """A blocking request with the same retry policy (tokenizer calls). A `probe`
+        (does the server have this endpoint?) is tried once and counts no failure."""
         import httpx
 
-        self.stats.requests += 1
-        limit = attempts or self.config.max_attempts
+        if not probe:
+            self.stats.requests += 1
         attempt = 0
         while True:
             attempt += 1
-            self.stats.attempts += 1
             try:
                 with httpx.Client(headers=self._headers(), timeout=self._timeout()) as client:
                     resp = client.request(method, url, json=body)
                 failure = _classify_response(resp)
                 if failure is None:
+                    if not probe:
+                        self.stats.attempts += 1
                     return _json(resp)
             except _Failure as exc:
                 failure = exc
             except Exception as exc:
                 failure = _classify_exception(exc)
-            if attempt >= limit:
-                failure.retry = False
+            if probe:
+                raise BackendError(f"{method} {url}: {failure}")
+            self.stats.attempts += 1
             if not self._retry.failed(f"{method} {url}", attempt, failure):
                 raise self._retry.error(f"{method} {url}", attempt, failure)
             time.sleep(self._retry.delay(attempt, failure))
@@ -537,16 +540,16 @@ class ServerCodec:
         self.bos: int | None = None
         self.chat = True
 
-    def _post(self, path: str, body: dict[str, Any], *, attempts: int | None = None) -> Any:
+    def _post(self, path: str, body: dict[str, Any], *, probe: bool = False) -> Any:
         body = {"model": self.backend.model_name, **body}
-        return self.backend.request_sync("POST", f"{self.root}/{path}", body, attempts=attempts)
+        return self.backend.request_sync("POST", f"{self.root}/{path}", body, probe=probe)
 
     def probe(self) -> bool:
         """Whether the server tokenizes; learns whether it prepends a BOS token."""
         try:
-            plain = self._post("tokenize", {"prompt": "a", "add_special_tokens": False}, attempts=1)
+            plain = self._post("tokenize", {"prompt": "a", "add_special_tokens": False}, probe=True)
             special = self._post(
-                "tokenize", {"prompt": "a", "add_special_tokens": True}, attempts=1
+                "tokenize", {"prompt": "a", "add_special_tokens": True}, probe=True
             )
         except BackendError as exc:
             log.info("the server does not tokenize (%s)", exc)
@@ -570,7 +573,7 @@ class ServerCodec:
                         "add_generation_prompt": True,
                         "add_special_tokens": False,
                     },
-                    attempts=1,
+                    probe=True,
                 )
             except BackendError as exc:  # no chat template: a base model
                 log.info("the server renders no chat (%s); using plain prompts", exc)

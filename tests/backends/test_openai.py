@@ -1,0 +1,453 @@
+"""The OpenAI-compatible backend against an in-test HTTP server that injects failures.
+
+The server (`FakeServer`, a `ThreadingHTTPServer` on 127.0.0.1, random port) speaks the
+parts of vLLM's API the backend uses: `/v1/models`, `/v1/completions`, `/tokenize`,
+`/detokenize`. Its completions come from the scripted backend double, so a whole run (the
+synthetic task, graded) goes through it. It fails chosen attempts with 429s, 500s and
+responses slower than the client's timeout. `openai_style=True` makes it behave like a
+hosted API: no tokenizer endpoints, no token ids, stop strings trimmed, no `stop_reason`.
+The real-server tests live in test_vllm.py (slow).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ttc.backends.openai import OpenAIBackend, OpenAIBackendConfig
+from ttc.errors import BackendError, ConfigError
+from ttc.launch import compose
+from ttc.runner import Runner
+from ttc.store import Store
+from ttc.testing import PROMPT_END, ScriptedBackend, ScriptedBackendConfig
+from ttc.types import GenerateRequest, Problem, Sampling
+
+SECRET = "sk-test-0123456789abcdef-never-store-me"
+
+
+class FakeServer:
+    """An OpenAI/vLLM-compatible server over the scripted backend double.
+
+    `plan(body)` returns the failures the attempts at one request body meet, in order
+    (`"429"`, `"500"`, `"timeout"`), before it succeeds; by default a deterministic mix
+    keyed on the body, so every kind of failure occurs in a run and every request still
+    completes within four attempts.
+    """
+
+    def __init__(self, *, openai_style: bool = False, delay_s: float = 0.0) -> None:
+        self.openai_style = openai_style
+        self.delay_s = delay_s
+        self.slow_s = 0.6
+        self.scripted = ScriptedBackend(ScriptedBackendConfig(steps=2, p_correct=0.7))
+        self.lock = threading.Lock()
+        self.attempts: Counter[str] = Counter()
+        self.injected: Counter[str] = Counter()
+        self.served = 0
+        self.auth: set[str | None] = set()
+        self.bodies: list[dict[str, Any]] = []
+        self.inflight = 0
+        self.max_inflight = 0
+        self.seen_prompts: list[str] = []
+        self.plan = self.default_plan
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    @staticmethod
+    def default_plan(body: dict[str, Any]) -> list[str]:
+        if "always-500" in str(body.get("prompt")):
+            return ["500"] * 100
+        key = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).digest()[0]
+        return [[], ["429"], ["500", "429"], ["timeout"], []][key % 5]
+
+    def __enter__(self) -> FakeServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    # -- the API --------------------------------------------------------------------------
+    def completions(self, body: dict[str, Any]) -> dict[str, Any]:
+        prompt = body["prompt"]
+        text = prompt if isinstance(prompt, str) else "".join(chr(t) for t in prompt)
+        stop = tuple(body.get("stop") or ())
+        req = GenerateRequest(
+            prompt=text,
+            prompt_token_ids=None,
+            sampling=Sampling(
+                n=int(body.get("n", 1)),
+                max_tokens=int(body["max_tokens"]),
+                stop=stop,
+                seed=body.get("seed"),
+                logprobs=body.get("logprobs") is not None,
+            ),
+        )
+        result = self.scripted._generate(req)
+        with self.lock:  # a prefix cache: the longest prefix shared with an earlier prompt
+            cached = max((_common(text, p) for p in self.seen_prompts), default=0)
+            self.seen_prompts.append(text)
+        choices = []
+        for i, g in enumerate(result.generations):
+            out = g.text
+            keep = body.get("include_stop_str_in_output", False)
+            if g.finish_reason == "stop" and g.stop_reason and not keep:
+                out = out[: out.rfind(g.stop_reason)]
+            choice: dict[str, Any] = {
+                "index": i,
+                "text": out,
+                "finish_reason": "length" if g.finish_reason == "length" else "stop",
+                "logprobs": {"token_logprobs": list(g.logprobs)} if g.logprobs else None,
+            }
+            if not self.openai_style:
+                choice["stop_reason"] = g.stop_reason
+                if body.get("return_token_ids"):
+                    choice["token_ids"] = list(g.token_ids)
+            choices.append(choice)
+        # Reversed on purpose: the backend must order choices by index.
+        return {
+            "id": "cmpl-1",
+            "object": "text_completion",
+            "model": body["model"],
+            "choices": choices[::-1],
+            "usage": {
+                "prompt_tokens": len(text),
+                "completion_tokens": result.usage.completion_tokens,
+                "prompt_tokens_details": {"cached_tokens": cached},
+            },
+        }
+
+    def tokenize(self, body: dict[str, Any]) -> dict[str, Any]:
+        if "messages" in body:
+            text = body["messages"][-1]["content"] + "\n" + PROMPT_END
+        else:
+            text = body["prompt"]
+        return {"tokens": [ord(c) for c in text], "count": len(text)}
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _send(self, status: int, payload: dict[str, Any], **headers: str) -> None:
+                data = json.dumps(payload).encode()
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    for k, v in headers.items():
+                        self.send_header(k, v)
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (a timeout we caused)
+
+            def do_GET(self) -> None:
+                server.auth.add(self.headers.get("Authorization"))
+                if self.path == "/v1/models":
+                    self._send(200, {"data": [{"id": "scripted", "object": "model"}]})
+                else:
+                    self._send(404, {"error": "not found"})
+
+            def do_POST(self) -> None:
+                server.auth.add(self.headers.get("Authorization"))
+                length = int(self.headers.get("Content-Length", 0))
+                body = json.loads(self.rfile.read(length))
+                if self.path in ("/tokenize", "/detokenize"):
+                    if server.openai_style:
+                        self._send(404, {"error": "not found"})
+                    elif self.path == "/tokenize":
+                        self._send(200, server.tokenize(body))
+                    else:
+                        self._send(200, {"prompt": "".join(chr(t) for t in body["tokens"])})
+                    return
+                if self.path != "/v1/completions":
+                    self._send(404, {"error": "not found"})
+                    return
+                if server.openai_style and "include_stop_str_in_output" in body:
+                    self._send(400, {"error": "Unrecognized request argument"})
+                    return
+                key = json.dumps(body, sort_keys=True)
+                with server.lock:
+                    attempt = server.attempts[key]
+                    server.attempts[key] += 1
+                    server.bodies.append(body)
+                    server.inflight += 1
+                    server.max_inflight = max(server.max_inflight, server.inflight)
+                try:
+                    plan = server.plan(body)
+                    failure = plan[attempt] if attempt < len(plan) else None
+                    if failure is not None:
+                        with server.lock:
+                            server.injected[failure] += 1
+                    if failure == "429":
+                        self._send(429, {"error": "rate limited"}, **{"Retry-After": "0"})
+                    elif failure == "500":
+                        self._send(500, {"error": "internal error"})
+                    else:
+                        if failure == "timeout":
+                            time.sleep(server.slow_s)
+                        elif server.delay_s:
+                            time.sleep(server.delay_s)
+                        answer = server.completions(body)
+                        with server.lock:
+                            server.served += 1
+                        self._send(200, answer)
+                finally:
+                    with server.lock:
+                        server.inflight -= 1
+
+        return Handler
+
+
+def _common(a: str, b: str) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+@pytest.fixture
+def server() -> Iterator[FakeServer]:
+    with FakeServer() as srv:
+        yield srv
+
+
+def _config(srv: FakeServer, **kw: Any) -> OpenAIBackendConfig:
+    base: dict[str, Any] = dict(
+        base_url=srv.base_url,
+        timeout_s=0.3,
+        backoff_base_s=0.01,
+        backoff_max_s=0.05,
+        max_attempts=4,
+        api_key_env="TTC_TEST_OPENAI_KEY",
+    )
+    base.update(kw)
+    return OpenAIBackendConfig(**base)
+
+
+def _run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+async def _with_backend(cfg: OpenAIBackendConfig, fn: Any) -> Any:
+    backend = OpenAIBackend(cfg)
+    await backend.start()
+    try:
+        return await fn(backend)
+    finally:
+        await backend.close()
+
+
+def test_generations_usage_and_server_tokenizer(server: FakeServer) -> None:
+    server.plan = lambda body: []
+
+    async def go(b: OpenAIBackend) -> Any:
+        assert b.codec_kind == "server" and b.model_name == "scripted"
+        prompt = b.render(Problem(id="p", prompt="Problem 1 answer=42"))
+        assert prompt == "Problem 1 answer=42\n" + PROMPT_END
+        ids = b.encode(prompt)
+        assert b.decode(ids) == prompt
+        s = Sampling(n=3, max_tokens=200, stop=("\n\n",), seed=5, logprobs=True)
+        first = await b.agenerate(GenerateRequest(prompt, tuple(ids), s))
+        again = await b.agenerate(GenerateRequest(prompt, tuple(ids), s))
+        return first, again
+
+    first, again = _run(_with_backend(_config(server), go))
+    assert len(first.generations) == 3
+    for g in first.generations:
+        assert g.finish_reason == "stop" and g.text.endswith("\n\n")
+        assert g.stop_reason == "\n\n"
+        assert g.text.startswith("Step 1: ")
+        assert "".join(chr(t) for t in g.token_ids) == g.text  # the server's own ids
+        assert g.logprobs is not None and len(g.logprobs) == len(g.token_ids)
+    assert [g.text for g in first.generations] == [g.text for g in again.generations]
+    body = server.bodies[0]
+    assert body["n"] == 3 and body["seed"] == 5 and body["stop"] == ["\n\n"]
+    assert body["include_stop_str_in_output"] is True and body["return_token_ids"] is True
+    assert isinstance(body["prompt"], str)  # text unless prompt_token_ids=true
+    u1, u2 = first.usage, again.usage
+    assert u1.prompt_tokens == len("Problem 1 answer=42\n" + PROMPT_END)
+    assert u1.cached_prompt_tokens == 0
+    assert u2.cached_prompt_tokens == u2.prompt_tokens  # read from prompt_tokens_details
+    assert u1.completion_tokens == sum(len(g.token_ids) for g in first.generations)
+
+
+def test_token_id_prompts_when_configured(server: FakeServer) -> None:
+    server.plan = lambda body: []
+
+    async def go(b: OpenAIBackend) -> Any:
+        ids = tuple(ord(c) for c in "x answer=7\n" + PROMPT_END)
+        req = GenerateRequest("ignored text", ids, Sampling(max_tokens=50, stop=("\n\n",)))
+        return await b.agenerate(req)
+
+    result = _run(_with_backend(_config(server, prompt_token_ids=True), go))
+    assert isinstance(server.bodies[0]["prompt"], list)
+    assert result.generations[0].text.startswith("Step 1")
+
+
+def test_failures_are_retried_counted_and_logged(
+    server: FakeServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    server.plan = lambda body: ["429", "500", "timeout"]
+    caplog.set_level(logging.WARNING, logger="ttc.backends.openai")
+
+    async def go(b: OpenAIBackend) -> Any:
+        req = GenerateRequest("Problem answer=3\n" + PROMPT_END, None, Sampling(max_tokens=40))
+        result = await b.agenerate(req)
+        return result, b.stats.as_dict()
+
+    result, stats = _run(_with_backend(_config(server), go))
+    assert result.generations[0].text
+    assert stats["failures"] == {"http_429": 1, "http_500": 1, "timeout": 1}
+    assert stats["retries"] == 3 and stats["gave_up"] == 0
+    logged = caplog.text
+    assert "http_429" in logged and "http_500" in logged and "timeout" in logged
+
+
+def test_a_request_that_keeps_failing_surfaces_as_backend_error(server: FakeServer) -> None:
+    async def go(b: OpenAIBackend) -> Any:
+        req = GenerateRequest("always-500", None, Sampling(max_tokens=10))
+        with pytest.raises(BackendError, match=r"after 3 attempts.*HTTP 500") as info:
+            await b.agenerate(req)
+        return info.value, b.stats.as_dict()
+
+    err, stats = _run(_with_backend(_config(server, max_attempts=3), go))
+    assert err.hint
+    assert stats["failures"] == {"http_500": 3} and stats["gave_up"] == 1
+
+
+def test_client_errors_are_not_retried() -> None:
+    with FakeServer(openai_style=True) as srv:
+
+        async def go(b: OpenAIBackend) -> Any:
+            with pytest.raises(BackendError, match="HTTP 400"):
+                await b.agenerate(GenerateRequest("x", None, Sampling(max_tokens=5)))
+            return b.stats.as_dict()
+
+        stats = _run(_with_backend(_config(srv), go))
+    assert stats["attempts"] == 2  # GET /models, then one POST: a 400 is final
+    assert stats["failures"] == {"http_400": 1}
+
+
+def test_hosted_api_style_server_without_extensions() -> None:
+    """No /tokenize, no token ids, trimmed stop strings: the backend falls back to byte
+    ids, puts the stop string back when the text shows which one matched, and cannot tell
+    a trimmed stop from an end of sequence otherwise."""
+    with FakeServer(openai_style=True) as srv:
+        srv.plan = lambda body: []
+
+        async def go(b: OpenAIBackend) -> Any:
+            assert b.codec_kind == "bytes"
+            prompt = b.render(Problem(id="p", prompt="Problem answer=9\n" + PROMPT_END))
+            req = GenerateRequest(prompt, None, Sampling(n=2, max_tokens=100, stop=("\n\n",)))
+            return await b.agenerate(req)
+
+        result = _run(_with_backend(_config(srv, extensions=False), go))
+    body = srv.bodies[0]
+    assert "include_stop_str_in_output" not in body and "return_token_ids" not in body
+    for g in result.generations:
+        assert g.text.startswith("Step 1") and not g.text.endswith("\n\n")
+        assert g.finish_reason == "eos"  # documented: a trimmed stop reads as the end
+        assert bytes(g.token_ids).decode() == g.text
+
+
+def test_concurrency_is_bounded_by_the_semaphore() -> None:
+    with FakeServer(delay_s=0.05) as srv:
+        srv.plan = lambda body: []
+
+        async def go(b: OpenAIBackend) -> None:
+            reqs = [
+                GenerateRequest(f"p{i} answer=1\n" + PROMPT_END, None, Sampling(max_tokens=20))
+                for i in range(20)
+            ]
+            await asyncio.gather(*(b.agenerate(r) for r in reqs))
+
+        _run(_with_backend(_config(srv, max_concurrency=3), go))
+    assert srv.max_inflight == 3
+
+
+def _overrides(srv: FakeServer, store_url: str, *extra: str) -> list[str]:
+    return [
+        "backend=openai",
+        f"backend.base_url={srv.base_url}",
+        "backend.api_key_env=TTC_TEST_OPENAI_KEY",
+        "backend.timeout_s=0.3",
+        "backend.backoff_base_s=0.01",
+        "backend.backoff_max_s=0.05",
+        "backend.max_attempts=4",
+        "task=synthetic",
+        "reward=synthetic",
+        "run.progress=false",
+        f"store.url={store_url}",
+        *extra,
+    ]
+
+
+def test_a_run_completes_through_injected_failures_and_never_stores_the_key(
+    server: FakeServer,
+    store_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setenv("TTC_TEST_OPENAI_KEY", SECRET)
+    caplog.set_level(logging.WARNING, logger="ttc.backends.openai")
+    cfg = compose(
+        _overrides(
+            server,
+            store_url,
+            "strategy=beam_search",
+            "strategy.beam_width=2",
+            "strategy.expansions=2",
+            "task.n_problems=8",
+            "run.concurrency=8",
+        )
+    )
+    outcome = Runner(cfg).run()
+    assert outcome.status == "finished"
+    store = Store(store_url)
+    results = store.results(outcome.run_id)
+    assert len(results) == 8 and all(r["status"] == "ok" for r in results)
+    assert sum(bool(r["correct"]) for r in results) >= 4
+    calls = store.calls(outcome.run_id)
+    assert calls and all(c["status"] == "ok" for c in calls)
+    assert sum(c["cached_prompt_tokens"] for c in calls) > 0  # the server's usage, recorded
+    # every kind of failure happened, was retried and was logged
+    assert {"429", "500", "timeout"} <= set(server.injected)
+    for kind in ("http_429", "http_500", "timeout"):
+        assert kind in caplog.text
+    # problems ran concurrently: their requests reached the server together
+    assert server.max_inflight > 1
+    # the key was sent, and is nowhere in what was stored
+    assert server.auth == {f"Bearer {SECRET}"}
+    config = store.get_run(outcome.run_id)["config"]
+    assert config["backend"]["api_key_env"] == "TTC_TEST_OPENAI_KEY"
+    assert SECRET not in json.dumps(config)
+    db = Path(store_url.removeprefix("sqlite:///"))
+    assert SECRET.encode() not in db.read_bytes()
+
+
+def test_the_key_cannot_be_put_in_the_config(server: FakeServer, store_url: str) -> None:
+    with pytest.raises(ConfigError, match="api_key"):
+        Runner(compose(_overrides(server, store_url, f"backend.api_key={SECRET}"))).run()
