@@ -15,12 +15,14 @@ Four families, each with the input layout and read-out of its model card:
   newline token; a value head (`v_head.summary`, read from the checkpoint) gives
   `sigmoid(value)` at each newline.
 
-Every step is tokenized on its own and the pieces are concatenated, so the tokens of a
-branch's first `k` steps are a prefix of the tokens of its first `k + 1`: a step's score
-depends only on the tokens up to its read-out position (the models are causal). That
-makes scoring incremental twice over: scores are cached by that exact token prefix (a
-branch that grew by one step only needs the new one), and the KV of scored prefixes is
-kept in a bounded prefix cache, so the new step is run on top of its parent's KV. Only
+Where steps end in a separator token (`qwen`, `math_shepherd`, `skywork`), every step is
+tokenized on its own and the pieces are concatenated; `rlhflow` conversations are
+tokenized whole (templates end headers with whitespace that tokenizers may merge with
+what follows). Either way a step's score depends only on the tokens up to its read-out
+position (the models are causal), which makes scoring incremental twice over: scores are
+cached by that exact token prefix (a branch that grew by one step only needs the new
+one), and the KV of scored prefixes is kept in a bounded prefix cache, so the new step
+runs on top of its parent's KV (the longest common token prefix). Only
 tokens actually run through the model are reported (`ScoreResult.tokens`).
 
 All requests of a call (every branch of every running problem) are batched, left-padded,
@@ -169,19 +171,25 @@ class RLHFlowFamily(Family):
     auto_class = "AutoModelForCausalLM"
 
     def layout(self, question: str, steps: Sequence[str]) -> Layout:
+        # The whole conversation is tokenized at once, as the model card does: templates
+        # end headers with whitespace that some tokenizers merge with what follows.
         conversation: list[dict[str, str]] = []
-        ids: list[int] = []
-        positions = []
-        text = ""
+        answers = []  # character offset of each assistant "+"
         for k, s in enumerate(steps):
             content = f"{question} {self.step(s)}" if k == 0 else self.step(s)
             conversation.append({"role": "user", "content": content})
-            asked = self._chat(conversation, generation_prompt=True)
-            ids += encode(self.tok, asked[len(text) :] if asked.startswith(text) else asked)
-            positions.append(len(ids) - 1)  # these logits predict the assistant's +/-
+            answers.append(len(self._chat(conversation, generation_prompt=True)))
             conversation.append({"role": "assistant", "content": self.config.good_token})
-            text = self._chat(conversation, generation_prompt=False)
-            ids += encode(self.tok, text[len(asked) :])
+        if not steps:
+            return Layout((), ())
+        text = self._chat(conversation, generation_prompt=False)
+        enc = self.tok(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids, offsets = list(enc["input_ids"]), list(enc["offset_mapping"])
+        positions = []
+        for at in answers:
+            # the token that starts at the answer; the logits before it predict it
+            i = next(j for j, (a, b) in enumerate(offsets) if b > at and a <= at)
+            positions.append(i - 1)
         return Layout(tuple(ids), tuple(positions))
 
 
