@@ -350,3 +350,44 @@ def test_self_certainty_modes() -> None:
         ]
     )
     assert res.step_scores == pytest.approx([pytest.importorskip("math").exp(-0.1), window])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("reward", ["judge", "self_certainty"])
+def test_real_run_with_a_model_reward(reward: str, store_url: str) -> None:
+    """SmolLM2-135M on two arith problems, best-of-2 ranked by the judge (the same model
+    asked "is this step correct?") or by its own token confidence."""
+    from ttc.launch import compose
+    from ttc.runner import Runner
+    from ttc.store import Store
+
+    cfg = compose(
+        [
+            f"store.url={store_url}",
+            "backend.model=smollm2-135m",
+            "backend.device=cpu",
+            "task=arith",
+            "task.n_problems=2",
+            "strategy=best_of_n",
+            "strategy.n=2",
+            "strategy.max_tokens=24",
+            f"reward={reward}",
+            "run.progress=false",
+        ]
+    )
+    outcome = Runner(cfg).run()
+    store = Store(store_url)
+    results = store.results(outcome.run_id)
+    assert outcome.status == "finished" and len(results) == 2
+    assert all(r["status"] == "ok" for r in results)
+    calls = store.calls(outcome.run_id)
+    scores = [c for c in calls if c["kind"] == "score"]
+    assert scores and all(c["status"] == "ok" for c in scores)
+    nodes = store.nodes(outcome.run_id, results[0]["problem_id"])
+    values = [n["score"] for n in nodes if n["node_id"] != 0]
+    assert values and all(v is not None and 0.0 <= v <= 1.0 for v in values)
+    if reward == "judge":
+        assert all(c["reward_tokens"] > 0 for c in scores)
+        assert len(set(values)) > 1  # P(Yes) differs between samples
+    else:
+        assert all(c["reward_tokens"] == 0 for c in scores)
