@@ -227,6 +227,7 @@ class OpenAIBackend(Backend):
         self.stats = RequestStats()
         self._retry = _Retry(config, self.stats)
         self._client: httpx.AsyncClient | None = None
+        self._sync_client: httpx.Client | None = None
         self._sem: asyncio.Semaphore | None = None
         self._api_key: str | None = None
         self._model: str | None = config.model
@@ -313,6 +314,9 @@ class OpenAIBackend(Backend):
         client, self._client = self._client, None
         if client is not None:
             await client.aclose()
+        sync_client, self._sync_client = self._sync_client, None
+        if sync_client is not None:
+            sync_client.close()
         if self.stats.failures:
             log.warning("openai backend: %s", self.stats.as_dict())
 
@@ -380,18 +384,19 @@ class OpenAIBackend(Backend):
         (does the server have this endpoint?) is tried once and counts no failure."""
         import httpx
 
+        if self._sync_client is None:
+            self._sync_client = httpx.Client(headers=self._headers(), timeout=self._timeout())
         if not probe:
             self.stats.requests += 1
         attempt = 0
         while True:
             attempt += 1
+            if not probe:
+                self.stats.attempts += 1
             try:
-                with httpx.Client(headers=self._headers(), timeout=self._timeout()) as client:
-                    resp = client.request(method, url, json=body)
+                resp = self._sync_client.request(method, url, json=body)
                 failure = _classify_response(resp)
                 if failure is None:
-                    if not probe:
-                        self.stats.attempts += 1
                     return _json(resp)
             except _Failure as exc:
                 failure = exc
@@ -399,7 +404,6 @@ class OpenAIBackend(Backend):
                 failure = _classify_exception(exc)
             if probe:
                 raise BackendError(f"{method} {url}: {failure}")
-            self.stats.attempts += 1
             if not self._retry.failed(f"{method} {url}", attempt, failure):
                 raise self._retry.error(f"{method} {url}", attempt, failure)
             time.sleep(self._retry.delay(attempt, failure))
