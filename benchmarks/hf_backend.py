@@ -59,9 +59,13 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--temperature", type=float, default=0.7)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     args = parser.parse_args()
 
     import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from ttc.backends.hf import HFBackend, HFBackendConfig, PrefixCache
     from ttc.types import GenerateRequest, Problem, Sampling
@@ -141,6 +145,7 @@ def main() -> None:
             tokens, sequences = fn(prompts, args.max_tokens)
             sync()
             measured.append(Measured(label, sequences, tokens, time.perf_counter() - start))
+            console.print(f"{label}: {tokens} tokens in {measured[-1].seconds:.1f} s")
 
     table = Table(title="hf backend throughput")
     table.add_column("method")
