@@ -494,3 +494,18 @@ def test_smollm2_generates_and_second_load_reads_the_cache(
     assert "5" in gen.text
     assert gen.finish_reason in ("eos", "length")
     asyncio.run(backend.close())
+
+
+def test_config_composes_and_checks_ranges() -> None:
+    from ttc.config import to_object
+    from ttc.errors import ConfigError
+    from ttc.launch import compose
+
+    cfg = compose(["backend=hf", "backend.max_batch_sequences=8", "backend.dtype=bfloat16"])
+    built = to_object(cfg.backend, "backend")
+    assert isinstance(built, HFBackendConfig)
+    assert (built.max_batch_sequences, built.dtype, built.model) == (8, "bfloat16", "smollm2-135m")
+    with pytest.raises(ConfigError, match="max_batch_sequences"):
+        compose(["backend=hf", "backend.max_batch_sequences=0"])
+    with pytest.raises(ConfigError, match="dtype"):
+        compose(["backend=hf", "backend.dtype=int8"])
