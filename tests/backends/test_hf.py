@@ -454,6 +454,14 @@ def test_module_import_is_light() -> None:
     assert out.stdout.split() == ["False", "False"]
 
 
+def test_unstarted_backend_says_how_to_start() -> None:
+    backend = HFBackend(HFBackendConfig())
+    assert backend.architecture is None
+    with pytest.raises(BackendError, match="not started") as err:
+        backend.generate_batch([_req([1, 2, 3])])
+    assert err.value.hint and "start()" in err.value.hint
+
+
 def test_registered_as_hf() -> None:
     from ttc.registry import get_registry
 
