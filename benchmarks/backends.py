@@ -93,7 +93,7 @@ def main() -> None:
             "strategy.temperature=0.7",
         ],
     }
-    console = Console()
+    console = Console(width=150)
     rows: list[tuple[str, str, float, dict[str, Any], float]] = []
     server: VLLMServer | None = None
     with tempfile.TemporaryDirectory() as tmp:
@@ -137,11 +137,10 @@ def main() -> None:
     label = "openai -> vLLM server"
     table = Table(title=f"{args.problems} arith problems, {args.model}, generation wall time only")
     for col in (
-        "backend", "job", "wall s", "gen tokens", "tokens/s", "prefill", "cached",
-        "mean batch", "accuracy",
+        "backend", "job", "wall s", "gen tokens", "tokens/s", "prefill", "cached", "accuracy",
     ):  # fmt: skip
         table.add_column(col, justify="right")
-    for name, job, wall, totals, batch in rows:
+    for name, job, wall, totals, _batch in rows:
         acc = totals.get("accuracy")
         table.add_row(
             label if name == "openai" else name,
@@ -151,7 +150,6 @@ def main() -> None:
             f"{totals['tokens'] / wall:.1f}",
             str(totals.get("prefill_tokens", "-")),
             str(totals.get("cached_prompt_tokens", "-")),
-            f"{batch:.1f}",
             "-" if acc is None else f"{100 * acc:.0f}%",
         )
     console.print(table)
