@@ -329,8 +329,8 @@ class HFBackend(Backend):
         tail = [t for t in prompt[-8:] if t not in self._special_ids][-4:]
         if not tail:
             return str(tok.decode(list(new), skip_special_tokens=True))
-        head = tok.decode(tail, skip_special_tokens=True)
-        full = tok.decode([*tail, *new], skip_special_tokens=True)
+        head = str(tok.decode(tail, skip_special_tokens=True))
+        full = str(tok.decode([*tail, *new], skip_special_tokens=True))
         if full.startswith(head):
             return str(full[len(head) :])
         return str(tok.decode(list(new), skip_special_tokens=True))
