@@ -386,6 +386,10 @@ def load_model(
 ) -> LoadedModel:
     """Resolve `spec` and load model and tokenizer onto `device`, in eval mode."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    # ttc shows its own progress; transformers' per-load bar would interleave with it.
+    hf_logging.disable_progress_bar()
 
     model_dir = resolve_model_dir(spec, cache=cache)
     dev = pick_device(device)

@@ -61,7 +61,7 @@ def fmt(value: Any, key: str = "") -> str:
         return f"{100 * float(value):.1f}%"
     if key == "flops":
         return f"{float(value):.3e}"
-    if key == "seconds":
+    if key == "seconds_per_problem":
         return f"{float(value):.2f}"
     if isinstance(value, float):
         return f"{value:.4g}"

@@ -61,9 +61,12 @@ def show(
         if as_json:
             console.print_json(json.dumps({**run, "totals": totals}, default=str))
             return
+        wall = ""
+        if run["finished_at"] is not None:
+            wall = f" wall={(run['finished_at'] - run['created_at']).total_seconds():.1f}s"
         console.print(
             f"strategy={run['strategy']} backend={run['backend']} model={run['model']} "
-            f"task={run['task']} reward={run['reward']} status={run['status']}",
+            f"task={run['task']} reward={run['reward']} status={run['status']}{wall}",
             highlight=False,
         )
         console.print(totals_table(run["id"], totals, status=run["status"]))

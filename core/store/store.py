@@ -32,10 +32,11 @@ TOTAL_KEYS = (
     "cached_prompt_tokens",
     "reward_tokens",
     "flops",
-    "seconds",
+    "seconds_per_problem",
     "refused_calls",
 )
-"""Run totals: counts, mean accuracies over problems, and summed spending."""
+"""Run totals: counts, mean accuracies over problems, summed spending, and the mean wall
+time of a problem (problems overlap, so their seconds do not add up to the run's)."""
 _MEANS = ("accuracy", "pass_at_1", "majority", "oracle_pass_at_n")
 
 
@@ -309,7 +310,7 @@ class Store:
                     func.sum(R.cached_prompt_tokens),
                     func.sum(R.reward_tokens),
                     func.sum(R.flops),
-                    func.sum(R.seconds),
+                    func.avg(R.seconds),
                     func.sum(R.refused_calls),
                 ).where(R.run_id == run_id)
             ).one()
@@ -317,7 +318,7 @@ class Store:
         for k, v in zip(TOTAL_KEYS, row, strict=True):
             if k in _MEANS:
                 totals[k] = None if v is None else round(float(v), 6)
-            elif k in ("flops", "seconds"):
+            elif k in ("flops", "seconds_per_problem"):
                 totals[k] = round(float(v or 0.0), 6)
             else:
                 totals[k] = int(v or 0)
