@@ -128,7 +128,7 @@ def main() -> None:
                     n = max(len(rows), 1)
                     graded = [r["correct"] for r in rows if r.get("correct") is not None]
                     acc = sum(map(bool, graded)) / len(graded) if graded else None
-                    table.add_row(
+                    row = (
                         strategy,
                         reward,
                         str(budget),
@@ -137,6 +137,9 @@ def main() -> None:
                         f"{sum(r.get('reward_calls') or 0 for r in rows) / n:.1f}",
                         f"{wall:.1f}",
                     )
+                    table.add_row(*row)
+                    # each row as it is measured, so a long sweep shows results early
+                    console.print("  " + " | ".join(row), highlight=False)
         store.close()
     console.print(table)
     console.print("tokens and reward calls are per problem; budget = samples-equivalent")
