@@ -13,6 +13,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from ttc.config import StrategyConfig, bounded
 from ttc.context import SolveContext, aggregate
 from ttc.errors import BackendError, BudgetExceeded
 from ttc.types import Branch, Sampling, Solution
@@ -20,6 +21,18 @@ from ttc.types import Branch, Sampling, Solution
 STOPS: tuple[type[Exception], ...] = (BudgetExceeded, BackendError)
 """Exceptions that end a search (not the run): the budget refused a call, or every request
 of a call failed (the context already recorded the failed branches)."""
+
+
+@dataclass
+class StepSearchConfig(StrategyConfig):
+    """Fields every step-level search shares (beam search, DVTS, particle filtering)."""
+
+    max_steps: int = bounded(16, ge=1, help="steps (rounds) at most")
+    step_delimiter: str = "\n\n"
+    """A step ends where this string appears; empty: steps of `step_tokens` tokens."""
+    step_tokens: int = bounded(128, ge=1, help="tokens per step at most")
+    temperature: float = bounded(0.8, ge=0.0, help="sampling temperature of the policy")
+    top_p: float = bounded(1.0, gt=0.0, le=1.0)
 
 
 def ended_by(ctx: SolveContext, exc: BaseException) -> str:

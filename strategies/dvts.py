@@ -14,11 +14,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ttc.config import StrategyConfig, bounded
+from ttc.config import bounded
 from ttc.context import SolveContext
 from ttc.interfaces import Strategy
 from ttc.strategies.common import (
     STOPS,
+    StepSearchConfig,
     best_by_score,
     ended_by,
     mark_steps,
@@ -31,16 +32,10 @@ from ttc.types import Branch, Problem, Sampling, Solution
 
 
 @dataclass
-class DvtsConfig(StrategyConfig):
+class DvtsConfig(StepSearchConfig):
     name: str = "dvts"
     n: int = bounded(8, ge=1, help="candidate steps per round over all subtrees")
     width: int = bounded(2, ge=1, help="candidates per subtree per round (n / width subtrees)")
-    max_steps: int = bounded(16, ge=1, help="rounds at most")
-    step_delimiter: str = "\n\n"
-    """A step ends where this string appears; empty: steps of `step_tokens` tokens."""
-    step_tokens: int = bounded(128, ge=1, help="tokens per step at most")
-    temperature: float = bounded(0.8, ge=0.0)
-    top_p: float = bounded(1.0, gt=0.0, le=1.0)
     select: str = bounded("best", choices=["best", "weighted_vote"])
 
 

@@ -30,11 +30,12 @@ from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from ttc.config import StrategyConfig, bounded
+from ttc.config import bounded
 from ttc.context import SolveContext
 from ttc.interfaces import Strategy
 from ttc.strategies.common import (
     STOPS,
+    StepSearchConfig,
     effective_sample_size,
     ended_by,
     log_odds,
@@ -50,15 +51,9 @@ from ttc.types import Branch, Problem, Solution
 
 
 @dataclass
-class ParticleFilterConfig(StrategyConfig):
+class ParticleFilterConfig(StepSearchConfig):
     name: str = "particle_filter"
     particles: int = bounded(8, ge=1, help="population size")
-    max_steps: int = bounded(16, ge=1, help="steps at most")
-    step_delimiter: str = "\n\n"
-    """A step ends where this string appears; empty: steps of `step_tokens` tokens."""
-    step_tokens: int = bounded(128, ge=1, help="tokens per step at most")
-    temperature: float = bounded(0.8, ge=0.0, help="sampling temperature of the policy")
-    top_p: float = bounded(1.0, gt=0.0, le=1.0)
     weighting: str = bounded("softmax", choices=["softmax", "log_odds"])
     weight_temperature: float = bounded(
         0.2, gt=0.0, help="softmax weighting: log-likelihood = reward / weight_temperature"
