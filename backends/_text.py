@@ -1,7 +1,6 @@
-"""Prompt rendering and tokenization shared by the backends that do not own a model in
-this process (vLLM's engine, OpenAI-compatible servers).
+"""Prompt rendering and tokenization shared by every backend (`hf`, `vllm`, `openai`).
 
-`ChatCodec` wraps a Hugging Face tokenizer with the rules the transformers backend uses:
+`ChatCodec` wraps a Hugging Face tokenizer with ttc's rules:
 chat problems go through the model's chat template (a system prompt is prepended when the
 config has one and the chat has none), base models get the prompt as written, and `encode`
 adds BOS only when the tokenizer's own encoding would and the text lacks it. The same
@@ -58,6 +57,17 @@ def plain_prompt(problem: Problem, system: str | None) -> str:
     return f"{system}\n\n{body}" if system else body
 
 
+def render_problem(tokenizer: Any, problem: Problem, system: str | None) -> str:
+    """The prompt text of a problem: through the chat template when the tokenizer has one,
+    else the base-model prompt."""
+    if getattr(tokenizer, "chat_template", None):
+        messages = problem_messages(problem, system)
+        return str(
+            tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        )
+    return plain_prompt(problem, system)
+
+
 class ChatCodec:
     """A local Hugging Face tokenizer with ttc's rendering and BOS rules."""
 
@@ -94,13 +104,7 @@ class ChatCodec:
         return frozenset() if eos is None else frozenset({int(eos)})
 
     def render(self, problem: Problem) -> str:
-        if getattr(self.tokenizer, "chat_template", None):
-            messages = problem_messages(problem, self.system_prompt)
-            text = self.tokenizer.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=True
-            )
-            return str(text)
-        return plain_prompt(problem, self.system_prompt)
+        return render_problem(self.tokenizer, problem, self.system_prompt)
 
     def encode(self, text: str) -> list[int]:
         ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])

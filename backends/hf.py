@@ -35,6 +35,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from ttc.backends._text import ChatCodec, render_problem
 from ttc.config import BackendConfig, bounded
 from ttc.errors import BackendError
 from ttc.interfaces import Backend
@@ -224,8 +225,8 @@ class HFBackend(Backend):
         self.prefix_cache = PrefixCache(config.prefix_cache_tokens)
         self.eos_token_ids: frozenset[int] = frozenset()
         """Token ids that end a generation with `finish_reason="eos"`."""
-        self._bos_id: int | None = None
-        self._needs_bos = False
+        self._codec: ChatCodec | None = None
+        """Tokenization with the BOS rule every backend shares (set by `load`)."""
         self._special_ids: frozenset[int] = frozenset()
         self._max_positions: int | None = None
 
@@ -255,10 +256,7 @@ class HFBackend(Backend):
             elif isinstance(source, list | tuple):
                 eos.update(int(i) for i in source)
         self.eos_token_ids = frozenset(eos)
-        self._bos_id = tok.bos_token_id
-        # A tokenizer that prepends BOS on its own says so by doing it.
-        probe = tok("a", add_special_tokens=True)["input_ids"]
-        self._needs_bos = self._bos_id is not None and probe[:1] == [self._bos_id]
+        self._codec = ChatCodec(tok)
         self._special_ids = frozenset(int(i) for i in tok.all_special_ids)
         text_cfg = loaded.model.config.get_text_config()
         self._max_positions = getattr(text_cfg, "max_position_embeddings", None)
@@ -286,38 +284,19 @@ class HFBackend(Backend):
 
     # -- text -----------------------------------------------------------------------------
     def render(self, problem: Problem) -> str:
-        tok = self._require().tokenizer
-        messages = [dict(m) for m in problem.messages]
-        system = self.config.system_prompt
-        if getattr(tok, "chat_template", None):
-            if not messages:
-                if problem.prompt is None:
-                    raise BackendError(f"problem '{problem.id}' has neither messages nor prompt")
-                messages = [{"role": "user", "content": problem.prompt}]
-            if system and messages[0].get("role") != "system":
-                messages.insert(0, {"role": "system", "content": system})
-            text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            return str(text)
-        # A base model: the prompt as written, or the conversation as plain paragraphs.
-        if problem.prompt is not None:
-            body = problem.prompt
-        elif messages:
-            body = "\n\n".join(m["content"] for m in messages)
-        else:
-            raise BackendError(f"problem '{problem.id}' has neither messages nor prompt")
-        return f"{system}\n\n{body}" if system else body
+        # the config is read at each call: its system prompt may change after loading
+        return render_problem(self._require().tokenizer, problem, self.config.system_prompt)
+
+    def _require_codec(self) -> ChatCodec:
+        self._require()  # the not-started error
+        assert self._codec is not None  # set by `load` together with the model
+        return self._codec
 
     def encode(self, text: str) -> list[int]:
-        tok = self._require().tokenizer
-        ids = list(tok(text, add_special_tokens=False)["input_ids"])
-        # Chat templates often write the BOS text themselves; add it only when missing.
-        if self._needs_bos and self._bos_id is not None and ids[:1] != [self._bos_id]:
-            ids.insert(0, self._bos_id)
-        return ids
+        return self._require_codec().encode(text)
 
     def decode(self, token_ids: Sequence[int]) -> str:
-        tok = self._require().tokenizer
-        return str(tok.decode(list(token_ids), skip_special_tokens=True))
+        return self._require_codec().decode(token_ids)
 
     def _continuation(self, prompt: Sequence[int], new: Sequence[int]) -> str:
         """The text `new` adds after `prompt`.
