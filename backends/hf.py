@@ -543,13 +543,7 @@ class HFBackend(Backend):
         width = max(lengths)
         src = torch.tensor(src_index, device=dev)
         cache = DynamicCache()
-        for layer in range(len(row_kv[0])):
-            k0, v0 = row_kv[0][layer]
-            keys = k0.new_zeros(len(row_kv), k0.shape[1], width, k0.shape[3])
-            values = v0.new_zeros(len(row_kv), v0.shape[1], width, v0.shape[3])
-            for r, kv in enumerate(row_kv):
-                keys[r, :, width - lengths[r] :] = kv[layer][0][0]
-                values[r, :, width - lengths[r] :] = kv[layer][1][0]
+        for layer, (keys, values) in enumerate(stack_left_padded(row_kv, lengths, width)):
             cache.update(keys.index_select(0, src), values.index_select(0, src), layer)
         base_mask = torch.zeros(len(row_kv), width, dtype=torch.long)
         for r, n in enumerate(lengths):
@@ -633,6 +627,23 @@ class HFBackend(Backend):
             logprobs=tuple(row.logprobs) if row.sampling.logprobs else None,
             stop_reason=row.stop_reason,
         )
+
+
+def stack_left_padded(row_kv: Sequence[KV | None], lengths: Sequence[int], width: int) -> KV:
+    """One batch KV per layer, `[rows, kv_heads, width, head_dim]`: row r holds the
+    `lengths[r]` positions of `row_kv[r]` right-aligned (left padding is zeros, to be
+    masked); a row without KV stays all padding."""
+    template = next(kv for kv in row_kv if kv is not None)
+    out: KV = []
+    for layer, (k0, v0) in enumerate(template):
+        keys = k0.new_zeros(len(row_kv), k0.shape[1], width, k0.shape[3])
+        values = v0.new_zeros(len(row_kv), v0.shape[1], width, v0.shape[3])
+        for r, kv in enumerate(row_kv):
+            if kv is not None and lengths[r]:
+                keys[r, :, width - lengths[r] :] = kv[layer][0][0]
+                values[r, :, width - lengths[r] :] = kv[layer][1][0]
+        out.append((keys, values))
+    return out
 
 
 def _keep_rows(cache: Any, rows: torch.Tensor, first: int) -> None:

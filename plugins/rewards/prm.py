@@ -367,14 +367,10 @@ class ProcessRewardModel(RewardModel):
             positions[r, max_s - len(s) :] = torch.arange(c, c + len(s))
         cache = DynamicCache()
         if max_c:
-            template = next(kv for _, _, kv in rows if kv is not None)
-            for layer, (k0, v0) in enumerate(template):
-                keys = k0.new_zeros(b, k0.shape[1], max_c, k0.shape[3])
-                values = v0.new_zeros(b, v0.shape[1], max_c, v0.shape[3])
-                for r, (_, c, kv) in enumerate(rows):
-                    if kv is not None and c:
-                        keys[r, :, max_c - c :] = kv[layer][0][0]
-                        values[r, :, max_c - c :] = kv[layer][1][0]
+            from ttc.backends.hf import stack_left_padded
+
+            held = stack_left_padded([kv for _, _, kv in rows], [c for _, c, _ in rows], max_c)
+            for layer, (keys, values) in enumerate(held):
                 cache.update(keys, values, layer)
         out = self.base(
             input_ids=input_ids.to(dev),
