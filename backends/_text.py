@@ -18,7 +18,7 @@ import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from ttc.errors import BackendError
 from ttc.types import Problem
@@ -32,6 +32,30 @@ class Codec(Protocol):
     def encode(self, text: str) -> list[int]: ...
 
     def decode(self, token_ids: Sequence[int]) -> str: ...
+
+
+class CodecBackend:
+    """Mixin for backends that render and tokenize through a codec set up by `start()`:
+    `render`, `encode` and `decode` delegate to `self._codec`."""
+
+    name: ClassVar[str]
+    _codec: Codec | None
+
+    def _require_codec(self) -> Codec:
+        if self._codec is None:
+            raise BackendError(
+                f"the {self.name} backend is not started", hint="await backend.start()"
+            )
+        return self._codec
+
+    def render(self, problem: Problem) -> str:
+        return self._require_codec().render(problem)
+
+    def encode(self, text: str) -> list[int]:
+        return self._require_codec().encode(text)
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        return self._require_codec().decode(token_ids)
 
 
 def problem_messages(problem: Problem, system: str | None) -> list[dict[str, str]]:

@@ -44,7 +44,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ttc.backends._text import ByteCodec, ChatCodec, Codec, plain_prompt, problem_messages
+from ttc.backends._text import (
+    ByteCodec,
+    ChatCodec,
+    Codec,
+    CodecBackend,
+    plain_prompt,
+    problem_messages,
+)
 from ttc.config import BackendConfig, bounded
 from ttc.errors import BackendError
 from ttc.interfaces import Backend
@@ -214,7 +221,7 @@ class _Retry:
         return BackendError(f"{what} failed {tried}: {failure}", hint=hint)
 
 
-class OpenAIBackend(Backend):
+class OpenAIBackend(CodecBackend, Backend):
     """Completions from an OpenAI-compatible HTTP server."""
 
     name: ClassVar[str] = "openai"
@@ -329,20 +336,6 @@ class OpenAIBackend(Backend):
         return self._arch
 
     # -- text -----------------------------------------------------------------------------
-    def _require_codec(self) -> Codec:
-        if self._codec is None:
-            raise BackendError("the openai backend is not started", hint="await backend.start()")
-        return self._codec
-
-    def render(self, problem: Problem) -> str:
-        return self._require_codec().render(problem)
-
-    def encode(self, text: str) -> list[int]:
-        return self._require_codec().encode(text)
-
-    def decode(self, token_ids: Sequence[int]) -> str:
-        return self._require_codec().decode(token_ids)
-
     def _continuation_ids(self, text: str) -> list[int]:
         """Ids of generated text when the server did not return them (a re-encoding)."""
         codec = self._require_codec()

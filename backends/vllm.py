@@ -37,11 +37,10 @@ import itertools
 import os
 import time
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ttc.backends._text import ChatCodec, mix_seed
+from ttc.backends._text import ChatCodec, CodecBackend, mix_seed
 from ttc.config import BackendConfig, bounded
 from ttc.errors import BackendError, TtcError
 from ttc.interfaces import Backend
@@ -51,7 +50,6 @@ from ttc.types import (
     GenerateResult,
     Generation,
     ModelArchitecture,
-    Problem,
     Sampling,
     Usage,
 )
@@ -104,7 +102,7 @@ class VLLMBackendConfig(BackendConfig):
 _ENGINE_IDS = itertools.count()
 
 
-class VLLMBackend(Backend):
+class VLLMBackend(CodecBackend, Backend):
     """vLLM's AsyncLLM engine with prefix caching, fed token ids."""
 
     name: ClassVar[str] = "vllm"
@@ -234,20 +232,6 @@ class VLLMBackend(Backend):
         return self._arch
 
     # -- text -----------------------------------------------------------------------------
-    def _require_codec(self) -> ChatCodec:
-        if self._codec is None:
-            raise BackendError("the vllm backend is not started", hint="await backend.start()")
-        return self._codec
-
-    def render(self, problem: Problem) -> str:
-        return self._require_codec().render(problem)
-
-    def encode(self, text: str) -> list[int]:
-        return self._require_codec().encode(text)
-
-    def decode(self, token_ids: Sequence[int]) -> str:
-        return self._require_codec().decode(token_ids)
-
     # -- generation -----------------------------------------------------------------------
     def sampling_params(self, sampling: Sampling, *, sample: int, max_tokens: int) -> Any:
         """vLLM `SamplingParams` for sample `sample` of a request."""
