@@ -22,16 +22,16 @@ import math
 import random
 from dataclasses import dataclass
 
-from ttc.config import StrategyConfig, bounded
+from ttc.config import bounded
 from ttc.context import SolveContext
 from ttc.interfaces import Strategy
 from ttc.strategies.best_of_n import sampling_for
-from ttc.strategies.common import STOPS, ended_by, finish_all, solution, tally
+from ttc.strategies.common import STOPS, SampleConfig, ended_by, finish_all, solution, tally
 from ttc.types import Branch, Problem, Solution
 
 
 @dataclass
-class AdaptiveConsistencyConfig(StrategyConfig):
+class AdaptiveConsistencyConfig(SampleConfig):
     name: str = "adaptive_consistency"
     criterion: str = bounded("beta", choices=["beta", "dirichlet", "majority"])
     threshold: float = bounded(0.95, gt=0.0, lt=1.0, help="stop when P(leader wins) >= this")
@@ -40,11 +40,6 @@ class AdaptiveConsistencyConfig(StrategyConfig):
     max_samples: int = bounded(16, ge=1, help="samples at most")
     alpha: float = bounded(1.0, gt=0.0, help="Dirichlet prior concentration per answer")
     mc_draws: int = bounded(2000, ge=10, help="Monte Carlo draws of the Dirichlet criterion")
-    temperature: float = bounded(0.8, ge=0.0)
-    top_p: float = bounded(1.0, gt=0.0, le=1.0)
-    top_k: int = bounded(0, ge=0)
-    min_p: float = bounded(0.0, ge=0.0, le=1.0)
-    max_tokens: int = bounded(512, ge=1, help="tokens per sample")
 
 
 def beta_exceeds_half(a: int, b: int) -> float:

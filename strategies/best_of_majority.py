@@ -15,16 +15,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 from statistics import fmean
 
-from ttc.config import StrategyConfig, bounded
+from ttc.config import bounded
 from ttc.context import SolveContext
 from ttc.interfaces import Strategy
 from ttc.strategies.best_of_n import majority, sampling_for
-from ttc.strategies.common import STOPS, ended_by, finish_all, score_of, solution, tally
+from ttc.strategies.common import (
+    STOPS,
+    SampleConfig,
+    ended_by,
+    finish_all,
+    score_of,
+    solution,
+    tally,
+)
 from ttc.types import Branch, Problem, Solution
 
 
 @dataclass
-class BestOfMajorityConfig(StrategyConfig):
+class BestOfMajorityConfig(SampleConfig):
     name: str = "best_of_majority"
     n: int = bounded(16, ge=1, help="samples per problem")
     k: int = bounded(1, ge=1, help="answers returned (pass@k); k=1 gives a single answer")
@@ -34,11 +42,6 @@ class BestOfMajorityConfig(StrategyConfig):
     answer_score: str = bounded(
         "mean", choices=["mean", "max"], help="an answer's reward from its samples' rewards"
     )
-    temperature: float = bounded(0.8, ge=0.0)
-    top_p: float = bounded(1.0, gt=0.0, le=1.0)
-    top_k: int = bounded(0, ge=0)
-    min_p: float = bounded(0.0, ge=0.0, le=1.0)
-    max_tokens: int = bounded(512, ge=1, help="tokens per sample")
 
 
 class BestOfMajority(Strategy):

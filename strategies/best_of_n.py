@@ -13,11 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ttc.config import StrategyConfig, bounded
+from ttc.config import bounded
 from ttc.context import SolveContext
 from ttc.interfaces import Strategy
 from ttc.strategies.common import (
     STOPS,
+    SampleConfig,
     best_by_score,
     ended_by,
     finish_all,
@@ -31,14 +32,9 @@ AGGREGATIONS = ["last", "min", "prod", "mean"]
 
 
 @dataclass
-class BestOfNConfig(StrategyConfig):
+class BestOfNConfig(SampleConfig):
     name: str = "best_of_n"
     n: int = bounded(8, ge=1, help="samples per problem")
-    temperature: float = bounded(0.8, ge=0.0)
-    top_p: float = bounded(1.0, gt=0.0, le=1.0)
-    top_k: int = bounded(0, ge=0)
-    min_p: float = bounded(0.0, ge=0.0, le=1.0)
-    max_tokens: int = bounded(512, ge=1, help="tokens per sample")
     aggregate: str | None = bounded(
         None, choices=AGGREGATIONS, help="step-score aggregation (default: reward.aggregate)"
     )

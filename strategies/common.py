@@ -24,6 +24,17 @@ of a call failed (the context already recorded the failed branches)."""
 
 
 @dataclass
+class SampleConfig(StrategyConfig):
+    """Fields every whole-sample strategy shares (best-of-N, voting)."""
+
+    temperature: float = bounded(0.8, ge=0.0)
+    top_p: float = bounded(1.0, gt=0.0, le=1.0)
+    top_k: int = bounded(0, ge=0)
+    min_p: float = bounded(0.0, ge=0.0, le=1.0)
+    max_tokens: int = bounded(512, ge=1, help="tokens per sample")
+
+
+@dataclass
 class StepSearchConfig(StrategyConfig):
     """Fields every step-level search shares (beam search, DVTS, particle filtering)."""
 

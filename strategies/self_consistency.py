@@ -11,25 +11,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ttc.config import StrategyConfig, bounded
+from ttc.config import bounded
 from ttc.context import SolveContext
 from ttc.interfaces import Strategy
 from ttc.strategies.best_of_n import sampling_for
-from ttc.strategies.common import STOPS, ended_by, finish_all, solution, tally
+from ttc.strategies.common import STOPS, SampleConfig, ended_by, finish_all, solution, tally
 from ttc.types import Problem, Solution
 
 
 @dataclass
-class SelfConsistencyConfig(StrategyConfig):
+class SelfConsistencyConfig(SampleConfig):
     name: str = "self_consistency"
     n: int = bounded(8, ge=1, help="samples per problem")
     weighted: bool = False
     """Sum each answer's reward instead of counting its votes (needs a reward model)."""
-    temperature: float = bounded(0.8, ge=0.0)
-    top_p: float = bounded(1.0, gt=0.0, le=1.0)
-    top_k: int = bounded(0, ge=0)
-    min_p: float = bounded(0.0, ge=0.0, le=1.0)
-    max_tokens: int = bounded(512, ge=1, help="tokens per sample")
 
 
 class SelfConsistency(Strategy):
