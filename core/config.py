@@ -94,6 +94,8 @@ class RunConfig:
     seed: int = 0
     progress: bool = True
     name: str | None = None
+    allow_errors: bool = False
+    """Exit 0 even when some problems ended with an error (they stay stored as errors)."""
 
 
 @dataclass

@@ -143,3 +143,17 @@ class RunInterrupted(TtcError):
                 hint=f"continue with `ttc run resume={run_id}`",
             )
         self.run_id = run_id
+
+
+class ProblemsFailed(TtcError):
+    """A run ended with problems whose solving raised (stored with status `error`)."""
+
+    def __init__(self, run_id: str, errors: int, problems: int) -> None:
+        super().__init__(
+            f"run {run_id} finished with {errors} of {problems} problems failed "
+            "(see `ttc runs export` for their errors)",
+            hint=f"retry them with `ttc run resume={run_id}`, or accept them with "
+            "run.allow_errors=true",
+        )
+        self.run_id = run_id
+        self.errors = errors

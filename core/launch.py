@@ -12,6 +12,7 @@ import dataclasses
 import re
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from omegaconf import DictConfig
@@ -19,6 +20,8 @@ from omegaconf import DictConfig
 from ttc.config import validate
 from ttc.errors import ConfigError, TtcError
 from ttc.registry import get_registry, store_configs
+from ttc.resume import ResumeRequest, is_resume, parse_request
+from ttc.resume import load as load_resume_config
 
 CONFIG_MODULE = "ttc.conf"
 CONFIG_NAME = "config"
@@ -110,58 +113,32 @@ def check(overrides: Sequence[str], *, multirun: bool) -> None:
         compose(job)
 
 
-JobFn = Callable[[DictConfig, str | None], Any]
+@dataclass(frozen=True)
+class Job:
+    """One job of a request: its config, the sweep it belongs to, the run it resumes."""
+
+    cfg: DictConfig
+    sweep: str | None = None
+    resume: ResumeRequest | None = None
 
 
-RESUME_KEYS = ("store.url", "run.progress", "run.concurrency")
-"""What may be set beside `resume=`: the rest comes from the stored run."""
-
-
-def resume_config(overrides: Sequence[str]) -> DictConfig:
-    """The config of a `resume=<id>` request: the id, the store and run options."""
-    from omegaconf import OmegaConf
-
-    from ttc.config import RunConfig, StoreConfig
-
-    cfg = OmegaConf.create({"resume": None})
-    cfg.store = OmegaConf.structured(StoreConfig)
-    cfg.run = OmegaConf.structured(RunConfig)
-    for o in overrides:
-        key, _, value = o.partition("=")
-        if key != "resume" and key not in RESUME_KEYS:
-            raise ConfigError(
-                f"{key} cannot be changed when resuming: the run continues with its stored "
-                f"config; only {', '.join(RESUME_KEYS)} may be given",
-                key=key,
-            )
-        OmegaConf.update(cfg, key, _yaml_value(value))
-    return cfg
-
-
-def _yaml_value(text: str) -> Any:
-    import yaml
-
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
+JobFn = Callable[[Job], Any]
 
 
 def launch(args: Sequence[str], job: JobFn) -> list[Any]:
     """Run one job (or a sweep with -m) through Hydra; call `job(cfg, sweep_dir)` for each.
 
-    `resume=<run id>` continues a stored run with its stored config (no Hydra composition).
-    Raises the first `TtcError` a job raised, after all jobs ran.
+    `resume=<run id>` continues a stored run with its stored config (no Hydra composition;
+    see `ttc.resume`). Raises the first `TtcError` a job raised, after all jobs ran.
     """
     import hydra
     from hydra.core.hydra_config import HydraConfig
 
     args = list(args)
-    if any(a.startswith("resume=") for a in args):
-        if any(a.startswith("-") for a in args):
-            raise ConfigError("resume=<run id> takes no Hydra flags (-m, --cfg, ...)")
+    if is_resume(args):
+        request = parse_request(args)  # every given value checked before anything loads
         get_registry()
-        return [job(resume_config(args), None)]
+        return [job(Job(load_resume_config(request), resume=request))]
     multirun = any(a in MULTIRUN_FLAGS for a in args)
     passthrough = [a for a in args if a.startswith("-")]
     overrides = [a for a in args if not a.startswith("-")]
@@ -180,7 +157,7 @@ def launch(args: Sequence[str], job: JobFn) -> list[Any]:
         if str(hc.mode) == "RunMode.MULTIRUN":
             sweep = str(hc.sweep.dir)
         try:
-            outcomes.append(job(cfg, sweep))
+            outcomes.append(job(Job(cfg, sweep)))
         except TtcError as exc:
             errors.append(exc)
 

@@ -2,8 +2,10 @@
 task concurrently, batching their calls through one scheduler and writing each finished
 problem to the store in its own transaction.
 
-A crashed or interrupted run is continued with `resume=<run id>`: problems already in
-the store are skipped, the rest run again from scratch.
+A crashed or interrupted run is continued with `resume=<run id>` (see `ttc.resume`):
+problems already in the store are skipped (errored ones are retried), the rest run again
+from scratch with the stored config, so each gives what an uninterrupted run gives. While
+it runs, a heartbeat thread marks the run as alive.
 """
 
 from __future__ import annotations
@@ -26,8 +28,12 @@ from ttc.cost import CostModel
 from ttc.errors import BudgetExceeded, ConfigError, DataError
 from ttc.interfaces import Allocator, Backend, RewardModel, Strategy, Task
 from ttc.registry import Registry, get_registry
+from ttc.resume import ResumeRequest, check_same_problems, fingerprint
+from ttc.resume import resolve as resolve_resume
 from ttc.scheduler import BatchStats, Scheduler
 from ttc.store import Store
+from ttc.store.liveness import Heartbeat
+from ttc.store.secrets import mask_config, scrub
 from ttc.types import CallRecord, Problem, ProblemResult, Solution
 
 
@@ -159,58 +165,73 @@ def grade(
 
 
 class Runner:
-    """Runs (or resumes) one job described by a composed config."""
+    """Runs one job described by a composed config, or continues a stored run (`resume`)."""
 
     def __init__(
         self,
-        cfg: DictConfig,
+        cfg: DictConfig | None = None,
         *,
         registry: Registry | None = None,
         sweep: str | None = None,
+        resume: ResumeRequest | None = None,
     ) -> None:
-        if not cfg.get("resume"):
+        if resume is None and cfg is not None and cfg.get("resume"):
+            # a composed config naming a run to resume: its store is where to find it
+            resume = ResumeRequest(str(cfg.resume), {"store.url": str(cfg.store.url)})
+        if resume is None:
+            if cfg is None:
+                raise ValueError("Runner needs a config or a ResumeRequest")
             validate(cfg)
         self.cfg = cfg
+        self.resume = resume
         self.registry = registry or get_registry()
         self.sweep = sweep
         self.hook = self.registry.pm.hook
         self.run_id: str | None = None
+        self.remaining: int | None = None
+        """Problems of this run not yet stored (None until the run row exists)."""
 
     def run(self) -> RunOutcome:
         return asyncio.run(self.arun())
 
     async def arun(self) -> RunOutcome:
-        store_cfg = instantiate_config(StoreConfig, self.cfg.store, "store")
-        store = Store(store_cfg.url, echo=store_cfg.echo)
+        if self.resume is not None:
+            url, echo = self.resume.store_url, False
+        else:
+            assert self.cfg is not None
+            store_cfg = instantiate_config(StoreConfig, self.cfg.store, "store")
+            url, echo = store_cfg.url, store_cfg.echo
+        store = Store(url, echo=echo)
         try:
             return await self._arun(store)
         finally:
             store.close()
 
     async def _arun(self, store: Store) -> RunOutcome:
-        cfg = self.cfg
-        done: set[str] = set()
-        if cfg.resume:
-            run_id = store.resolve_id(str(cfg.resume))
+        resume = self.resume
+        stored_statuses: dict[str, str] = {}
+        if resume is not None:
+            run_id = store.resolve_id(resume.run_id)
             stored = store.get_run(run_id)
-            merged = OmegaConf.merge(
-                OmegaConf.structured(_root_schema()), stored["config"], {"resume": run_id}
-            )
-            assert isinstance(merged, DictConfig)
-            cfg = merged
-            cfg.store = self.cfg.store  # the store we found it in
-            cfg.run = OmegaConf.merge(cfg.run, self.cfg.get("run", {}))
-            done = store.finished_problem_ids(run_id)
+            cfg = resolve_resume(resume, stored["config"], store_url=store.url)
+            store.refuse_if_live(run_id, force=resume.force)
+            stored_statuses = store.problem_statuses(run_id)
+        else:
+            assert self.cfg is not None
+            cfg = self.cfg
+        self.cfg = cfg
         parts = build_components(cfg, self.registry)
         problems = parts.task.load()
         _check_unique(problems)
+        if resume is not None:
+            check_same_problems(run_id, stored["fingerprint"], problems)
         plain = OmegaConf.to_container(cfg, resolve=True)
         assert isinstance(plain, dict)
-        if cfg.resume:
-            store.set_status(run_id, "running")
+        if resume is not None:
+            store.claim(run_id, force=resume.force)
         else:
             run_id = store.create_run(
-                config={str(k): v for k, v in plain.items() if k != "resume"},
+                config=mask_config({str(k): v for k, v in plain.items() if k != "resume"}),
                 strategy=parts.strategy.name,
                 backend=parts.backend.name,
                 model=parts.backend.model_name,
@@ -221,14 +242,20 @@ class Runner:
                 name=cfg.run.name,
                 sweep=self.sweep,
                 n_problems=len(problems),
+                fingerprint=fingerprint(problems),
             )
         self.run_id = run_id
-        todo = [(i, p) for i, p in enumerate(problems) if p.id not in done]
-        parts.allocator.plan([p for _, p in todo])
-        self.hook.on_run_start(run_id=run_id, config=plain, n_problems=len(todo))
+        retry = resume is not None and resume.retry_errors
+        skip = {pid for pid, st in stored_statuses.items() if st != "error" or not retry}
+        todo = [(i, p) for i, p in enumerate(problems) if p.id not in skip]
+        self.remaining = len(todo)
+        heartbeat = Heartbeat(lambda: store.heartbeat(run_id)).start()
+        self.hook.on_run_start(run_id=run_id, config=mask_config(plain), n_problems=len(todo))
         status, error = "failed", None
         scheduler: Scheduler | None = None
+        solved = 0
         try:
+            parts.allocator.plan([p for _, p in todo])
             await parts.backend.start()
             if parts.reward is not None:
                 await parts.reward.start()
@@ -238,22 +265,29 @@ class Runner:
                 max_batch_size=cfg.scheduler.max_batch_size,
                 max_wait_s=cfg.scheduler.max_wait_ms / 1000.0,
             )
-            solved = await self._solve_all(run_id, cfg, parts, scheduler, store, todo)
+            solved = await self._solve_all(
+                run_id, cfg, parts, scheduler, store, todo, replace_error=retry
+            )
             status = "finished"
         except (KeyboardInterrupt, asyncio.CancelledError):
-            status = "interrupted"
-            raise
+            # An interrupt that lands after the last problem was stored ends nothing.
+            status = "finished" if self.remaining == 0 else "interrupted"
+            if status == "interrupted":
+                raise
         except Exception as exc:
-            error = f"{type(exc).__name__}: {exc}"
+            error = scrub(f"{type(exc).__name__}: {exc}")
             raise
         finally:
-            totals = store.finish_run(run_id, status, error=error)
-            self.hook.on_run_end(run_id=run_id, status=status, totals=totals)
-            await parts.backend.close()
-            if parts.reward is not None:
-                await parts.reward.close()
-        assert scheduler is not None
-        return RunOutcome(run_id, status, totals, scheduler.generate_queue.stats, solved)
+            try:
+                await parts.backend.close()
+                if parts.reward is not None:
+                    await parts.reward.close()
+            finally:
+                totals = store.finish_run(run_id, status, error=error)
+                heartbeat.stop()
+                self.hook.on_run_end(run_id=run_id, status=status, totals=totals)
+        stats = scheduler.generate_queue.stats if scheduler is not None else BatchStats()
+        return RunOutcome(run_id, status, totals, stats, solved)
 
     async def _solve_all(
         self,
@@ -263,6 +297,8 @@ class Runner:
         scheduler: Scheduler,
         store: Store,
         todo: list[tuple[int, Problem]],
+        *,
+        replace_error: bool = False,
     ) -> int:
         sem = asyncio.Semaphore(cfg.run.concurrency)
         write_lock = asyncio.Lock()
@@ -278,8 +314,12 @@ class Runner:
                     index, problem, run_id, parts, scheduler, cost, aggregate_how, seed
                 )
             async with write_lock:
-                if await asyncio.to_thread(store.record_problem, run_id, result):
+                if await asyncio.to_thread(
+                    store.record_problem, run_id, result, replace_error=replace_error
+                ):
                     written += 1
+                assert self.remaining is not None
+                self.remaining -= 1
             self.hook.on_problem_done(run_id=run_id, result=result)
 
         await asyncio.gather(*(solve_one(i, p) for i, p in todo))
@@ -296,24 +336,27 @@ class Runner:
         aggregate_how: str,
         seed: int,
     ) -> ProblemResult:
-        budget = parts.allocator.budget_for(problem)
-        ledger = Ledger(budget, cost)
 
         def on_call(call: CallRecord) -> None:
             self.hook.on_call(run_id=run_id, problem_id=problem.id, call=call)
 
-        prompt = parts.backend.render(problem)
-        ctx = SolveContext(
-            problem=problem,
-            prompt=prompt,
-            prompt_ids=parts.backend.encode(prompt),
-            scheduler=scheduler,
-            ledger=ledger,
-            task=parts.task,
-            aggregate=aggregate_how,
-            seed=seed,
-            on_call=on_call,
-        )
+        try:  # a failure in one problem's planning, rendering or encoding is its own
+            budget = parts.allocator.budget_for(problem)
+            ledger = Ledger(budget, cost)
+            prompt = parts.backend.render(problem)
+            ctx = SolveContext(
+                problem=problem,
+                prompt=prompt,
+                prompt_ids=parts.backend.encode(prompt),
+                scheduler=scheduler,
+                ledger=ledger,
+                task=parts.task,
+                aggregate=aggregate_how,
+                seed=seed,
+                on_call=on_call,
+            )
+        except Exception as exc:
+            return _failed_before_solving(index, problem, exc)
         solution: Solution | None = None
         status: Any = "ok"
         error = None
@@ -326,7 +369,7 @@ class Runner:
             solution = Solution(answer=None, trace={"ended_by": "budget"})
         except Exception as exc:
             status = "error"
-            error = "".join(traceback.format_exception(exc, limit=8))
+            error = _format_error(exc)
         spent = ledger.close().as_dict()
         parts.allocator.release(problem, budget, spent)
         if solution is not None and solution.branch is not None:
@@ -351,10 +394,26 @@ class Runner:
         )
 
 
-def _root_schema() -> Any:
-    from ttc.config import RootConfig
+def _format_error(exc: BaseException) -> str:
+    return scrub("".join(traceback.format_exception(exc, limit=8)))
 
-    return RootConfig
+
+def _failed_before_solving(index: int, problem: Problem, exc: Exception) -> ProblemResult:
+    return ProblemResult(
+        index=index,
+        problem=problem,
+        status="error",
+        answer=None,
+        correct=None,
+        pass_at_1=None,
+        majority_correct=None,
+        oracle_correct=None,
+        spent={},
+        budget={},
+        branches=[],
+        calls=[],
+        error=_format_error(exc),
+    )
 
 
 def _check_unique(problems: list[Problem]) -> None:

@@ -15,6 +15,8 @@ None of these are product components: they stand in for a model in tests of the 
 
 from __future__ import annotations
 
+import asyncio
+import os
 import random
 import re
 import threading
@@ -55,16 +57,41 @@ class ScriptedBackendConfig(BackendConfig):
     delay_s: float = bounded(0.0, ge=0.0, help="sleep per batch (to make runs slow)")
     fail_marker: str = ""
     """Requests whose prompt contains this string raise (for failure-isolation tests)."""
+    fail_in: str = bounded(
+        "generate",
+        choices=["generate", "render", "encode"],
+        help="where a marked problem fails: its generation, rendering or encoding",
+    )
+    fail_while_exists: str = ""
+    """A path: every generation fails while this file exists (a transient outage)."""
+    start_delay_s: float = bounded(0.0, ge=0.0, help="sleep in start() (a model load)")
+    close_delay_s: float = bounded(0.0, ge=0.0, help="sleep in close() (freeing the model)")
 
 
 class ScriptedBackend(Backend):
     name = "scripted"
 
     def render(self, problem: Problem) -> str:
-        return (problem.prompt or "") + "\n" + PROMPT_END
+        text = (problem.prompt or "") + "\n" + PROMPT_END
+        self._maybe_fail("render", text)
+        return text
 
     def encode(self, text: str) -> list[int]:
+        self._maybe_fail("encode", text)
         return [ord(c) % 256 for c in text]
+
+    def _maybe_fail(self, stage: str, text: str) -> None:
+        marker = self.config.fail_marker
+        if marker and self.config.fail_in == stage and marker in text:
+            raise RuntimeError(f"scripted failure in {stage}")
+
+    async def start(self) -> None:
+        if self.config.start_delay_s:
+            await asyncio.sleep(self.config.start_delay_s)
+
+    async def close(self) -> None:
+        if self.config.close_delay_s:
+            await asyncio.sleep(self.config.close_delay_s)
 
     def decode(self, token_ids: Sequence[int]) -> str:
         return "".join(chr(t) for t in token_ids)
@@ -89,8 +116,11 @@ class ScriptedBackend(Backend):
 
     def _generate(self, req: GenerateRequest) -> GenerateResult:
         prompt = req.prompt
-        if self.config.fail_marker and self.config.fail_marker in prompt:
-            raise RuntimeError("scripted failure")
+        if self.config.fail_in == "generate":
+            self._maybe_fail("generate", prompt)
+        outage = self.config.fail_while_exists
+        if outage and os.path.exists(outage):
+            raise RuntimeError(f"scripted outage ({outage} exists)")
         s = req.sampling
         gens = []
         for i in range(s.n):
@@ -140,12 +170,15 @@ class SyntheticTaskConfig(TaskConfig):
     n_problems: int = bounded(16, ge=1)
     fail_ids: list[str] | None = None
     """Problems whose prompt carries the backend's fail marker."""
+    load_delay_s: float = bounded(0.0, ge=0.0, help="sleep in load() (a slow data source)")
 
 
 class SyntheticTask(Task):
     name = "synthetic"
 
     def load(self) -> list[Problem]:
+        if self.config.load_delay_s:
+            time.sleep(self.config.load_delay_s)
         rng = random.Random(self.config.seed)
         problems = []
         for i in range(self.config.n_problems):

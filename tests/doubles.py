@@ -4,8 +4,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import ttc
+from ttc.budget import Budget
+from ttc.config import AllocatorConfig
+from ttc.plugins.allocators.fixed import FixedAllocator
 from ttc.testing import (
     BATCH_SIZES,
     ScriptedBackend,
@@ -15,8 +19,32 @@ from ttc.testing import (
     SyntheticTask,
     SyntheticTaskConfig,
 )
+from ttc.types import Problem
 
 __all__ = ["BATCH_SIZES"]
+
+
+@dataclass
+class FailingBudgetConfig(AllocatorConfig):
+    name: str = "failing_budget"
+    marker: str = "FAIL"
+
+
+class FailingBudgetAllocator(FixedAllocator):
+    """Test double: the fixed allocator, whose budget planning raises for a problem whose
+    prompt holds `marker` (a planning bug that must stay that problem's)."""
+
+    name = "failing_budget"
+
+    def budget_for(self, problem: Problem) -> Budget:
+        if self.config.marker in (problem.prompt or ""):
+            raise RuntimeError("scripted failure in budget planning")
+        return super().budget_for(problem)
+
+
+@ttc.hookimpl
+def register_allocators(register: Callable[..., None]) -> None:
+    register(FailingBudgetAllocator, FailingBudgetConfig)
 
 
 @ttc.hookimpl

@@ -3,25 +3,28 @@
 from __future__ import annotations
 
 import signal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
-from omegaconf import DictConfig
 
 from ttc.cli._common import console, errors_to_exit, totals_table
-from ttc.errors import RunInterrupted
+from ttc.errors import ProblemsFailed, RunInterrupted
+
+if TYPE_CHECKING:
+    from ttc.launch import Job
 
 
-def _job(cfg: DictConfig, sweep: str | None) -> Any:
+def _job(job: Job) -> Any:
     from ttc.progress import ProgressObserver
     from ttc.registry import get_registry
     from ttc.runner import Runner
 
+    cfg = job.cfg
     registry = get_registry()
     observer = ProgressObserver() if cfg.run.progress else None
     if observer is not None:
         registry.pm.register(observer, name="ttc.progress")
-    runner = Runner(cfg, registry=registry, sweep=sweep)
+    runner = Runner(cfg, registry=registry, sweep=job.sweep, resume=job.resume)
     try:
         outcome = runner.run()
     except KeyboardInterrupt:
@@ -29,6 +32,7 @@ def _job(cfg: DictConfig, sweep: str | None) -> Any:
     finally:
         if observer is not None:
             registry.pm.unregister(observer)
+    errors = int(outcome.totals.get("errors") or 0)
     console.print(totals_table(outcome.run_id, outcome.totals, status=outcome.status))
     sizes = outcome.batch_stats.sizes
     if sizes:
@@ -37,6 +41,13 @@ def _job(cfg: DictConfig, sweep: str | None) -> Any:
             highlight=False,
         )
     console.print(f"run id: {outcome.run_id}", highlight=False)
+    plural = "problem" if errors == 1 else "problems"
+    console.print(
+        f"status: {outcome.status}" + (f", {errors} {plural} with an error" if errors else ""),
+        highlight=False,
+    )
+    if errors and not (runner.cfg or cfg).run.allow_errors:
+        raise ProblemsFailed(outcome.run_id, errors, int(outcome.totals.get("problems") or 0))
     return outcome
 
 

@@ -1,6 +1,7 @@
 """The run store's tables (SQLAlchemy 2.0 typed models).
 
-- `runs`: one row per run: resolved config, versions, hardware, status, totals.
+- `runs`: one row per run: resolved config (secrets masked), versions, hardware, status,
+  totals, heartbeat and the fingerprint of its problems.
 - `results`: one row per finished problem of a run (unique per run and problem).
 - `nodes`: every branch of every search tree (parent links, tokens, text, scores).
 - `calls`: every backend and reward call (kind, batch size, usage, latency).
@@ -61,6 +62,12 @@ class Run(Base):
     hardware: Mapped[dict[str, Any]] = mapped_column(JSON)
     totals: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     error: Mapped[str | None] = mapped_column(Text)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    """Last sign of life of the process running it (see `ttc.store.liveness`)."""
+    owner: Mapped[str | None] = mapped_column(String(300))
+    """`host:pid` of the process that runs (or last ran) it."""
+    fingerprint: Mapped[str | None] = mapped_column(String(64))
+    """SHA-256 of the task's problems (ids, prompts, references): a resume must match it."""
 
     results: Mapped[list[Result]] = relationship(
         back_populates="run", lazy="raise", cascade="all, delete-orphan"

@@ -11,11 +11,24 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from sqlalchemy import Engine, Float, Integer, case, cast, create_engine, event, func, select
+from sqlalchemy import (
+    Engine,
+    Float,
+    Integer,
+    case,
+    cast,
+    create_engine,
+    delete,
+    event,
+    func,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ttc.errors import RunNotFoundError, StoreError
+from ttc.store.liveness import is_live, owner_id
 from ttc.store.models import Call, Node, Result, Run
 from ttc.types import ProblemResult
 
@@ -136,6 +149,7 @@ class Store:
         name: str | None = None,
         sweep: str | None = None,
         n_problems: int = 0,
+        fingerprint: str | None = None,
     ) -> str:
         run_id = uuid.uuid4().hex[:12]
         now = _now()
@@ -159,9 +173,62 @@ class Store:
                     versions=versions,
                     hardware=hardware,
                     totals=None,
+                    heartbeat_at=now,
+                    owner=owner_id(),
+                    fingerprint=fingerprint,
                 )
             )
         return run_id
+
+    def claim(self, run_id: str, *, force: bool = False) -> dict[str, Any]:
+        """Take over a run to continue it: mark it `running` by this process.
+
+        Refused (`StoreError`) while another process is still running it (a fresh
+        heartbeat), unless `force`. Two processes claiming at once: one wins."""
+        with self.session() as s, s.begin():
+            run = self._run(s, run_id)
+            seen_owner = run.owner
+            if not force:
+                _refuse_if_live(run)
+            now = _now()
+            claimed = s.execute(
+                update(Run)
+                .where(
+                    Run.id == run.id,
+                    Run.owner.is_(None) if seen_owner is None else Run.owner == seen_owner,
+                )
+                .values(
+                    status="running",
+                    owner=owner_id(),
+                    heartbeat_at=now,
+                    updated_at=now,
+                    error=None,
+                    finished_at=None,
+                )
+                .execution_options(synchronize_session=False)
+            )
+            if getattr(claimed, "rowcount", 1) != 1:
+                raise StoreError(
+                    f"run {run.id} was just taken over by another process",
+                    hint="see `ttc runs list`",
+                )
+        return self.get_run(run_id)
+
+    def refuse_if_live(self, run_id: str, *, force: bool = False) -> None:
+        """Raise `StoreError` when another process is still running the run."""
+        if not force:
+            with self.session() as s:
+                _refuse_if_live(self._run(s, run_id))
+
+    def heartbeat(self, run_id: str) -> None:
+        """A sign of life of the process that owns the run."""
+        with self.session() as s, s.begin():
+            s.execute(
+                update(Run)
+                .where(Run.id == run_id, Run.owner == owner_id())
+                .values(heartbeat_at=_now())
+                .execution_options(synchronize_session=False)
+            )
 
     def _run(self, s: Session, run_id: str) -> Run:
         run = s.get(Run, run_id)
@@ -178,15 +245,16 @@ class Store:
             return self._run(s, run_id).id
 
     def get_run(self, run_id: str) -> dict[str, Any]:
+        """A run as plain data; a `running` run nobody runs any more shows as `stale`."""
         with self.session() as s:
-            return _row(self._run(s, run_id))
+            return _run_row(self._run(s, run_id))
 
     def list_runs(self, *, limit: int = 50, status: str | None = None) -> list[dict[str, Any]]:
         with self.session() as s:
             q = select(Run).order_by(Run.created_at.desc()).limit(limit)
             if status:
                 q = q.where(Run.status == status)
-            return [_row(r) for r in s.scalars(q)]
+            return [_run_row(r) for r in s.scalars(q)]
 
     def set_status(self, run_id: str, status: str, *, error: str | None = None) -> None:
         with self.session() as s, s.begin():
@@ -213,10 +281,18 @@ class Store:
         with self.session() as s:
             return set(s.scalars(select(Result.problem_id).where(Result.run_id == run_id)))
 
-    def record_problem(self, run_id: str, r: ProblemResult) -> bool:
+    def problem_statuses(self, run_id: str) -> dict[str, str]:
+        """Stored problem id -> its status (`ok`, `error`)."""
+        with self.session() as s:
+            q = select(Result.problem_id, Result.status).where(Result.run_id == run_id)
+            return {pid: status for pid, status in s.execute(q)}
+
+    def record_problem(self, run_id: str, r: ProblemResult, *, replace_error: bool = False) -> bool:
         """Write one finished problem with its tree and calls in one transaction.
 
-        Returns False (and writes nothing) when the problem is already stored."""
+        Returns False (and writes nothing) when the problem is already stored, unless
+        `replace_error` and the stored row is an error: then the new result replaces it in
+        the same transaction (a retried problem is never missing, never twice)."""
         sp = r.spent
         result = Result(
             run_id=run_id,
@@ -285,6 +361,16 @@ class Store:
         ]
         try:
             with self.session() as s, s.begin():
+                if replace_error:
+                    s.execute(
+                        delete(Result)
+                        .where(
+                            Result.run_id == run_id,
+                            Result.problem_id == r.problem.id,
+                            Result.status == "error",
+                        )
+                        .execution_options(synchronize_session=False)
+                    )
                 s.add(result)
                 run = self._run(s, run_id)
                 run.updated_at = _now()
@@ -384,6 +470,31 @@ def _as_rate(column: Any) -> Any:
 
 def _row(obj: Any) -> dict[str, Any]:
     return {c.key: getattr(obj, c.key) for c in obj.__table__.columns}
+
+
+def _run_row(run: Run) -> dict[str, Any]:
+    row = _row(run)
+    if run.status == "running" and not is_live(run.owner, run.heartbeat_at):
+        row["status"] = "stale"  # marked running, but its process is gone
+    return row
+
+
+def _refuse_if_live(run: Run) -> None:
+    if run.status == "running" and is_live(run.owner, run.heartbeat_at):
+        raise StoreError(
+            f"run {run.id} is still running (process {run.owner}, last heartbeat "
+            f"{_ago(run.heartbeat_at)} ago); resuming it now would solve its problems twice",
+            hint=f"wait for it or stop it; to take it over anyway: `ttc run resume={run.id} "
+            "--force`",
+        )
+
+
+def _ago(when: datetime | None) -> str:
+    if when is None:
+        return "never"
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return f"{(_now() - when).total_seconds():.0f}s"
 
 
 def _finite(x: float | None) -> float | None:

@@ -135,7 +135,7 @@ def test_sigkill_then_resume_stores_every_problem_exactly_once(
         proc.wait(timeout=30)
     assert store is not None
     (run,) = store.list_runs()
-    assert run["status"] == "running"  # killed: nobody marked it finished
+    assert run["status"] == "stale"  # killed: marked running, but its process is gone
     before = len(store.finished_problem_ids(run["id"]))
     assert 2 <= before < n
 
