@@ -87,6 +87,15 @@ class Budget:
                 out[unit] = v * factor
         return Budget(**out, policy=self.policy)
 
+    def covering(self, spent: Spent) -> Budget:
+        """This budget with every limit raised, where needed, to what `spent` already
+        used (a budget chosen after spending began is never below the spending)."""
+        out: dict[str, Any] = {}
+        for unit, v in self.limits().items():
+            used = getattr(spent, unit)
+            out[unit] = None if v is None else (v if v >= used else type(v)(used))
+        return Budget(**out, policy=self.policy)
+
 
 class SpendPolicy:
     """A per-problem spending rule an allocator attaches to `Budget.policy`.
@@ -266,6 +275,12 @@ class Ledger:
         consult before starting a round; the refusal comes either way)."""
         stop = getattr(self.policy, "should_stop", None)
         return bool(stop()) if stop is not None else False
+
+    def rebudget(self, budget: Budget) -> None:
+        """Replace the budget (an allocator's plan), raising its limits where needed to
+        what was already spent, so the stored budget is never below the spending."""
+        self.spent.seconds = self.elapsed()
+        self.budget = budget.covering(self.spent)
 
     # -- queries ----------------------------------------------------------------------
     def elapsed(self) -> float:

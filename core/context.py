@@ -14,7 +14,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from statistics import fmean
-from typing import Any
+from typing import Any, cast
 
 from ttc.budget import Ledger
 from ttc.errors import BackendError, BudgetExceeded, ConfigError
@@ -28,6 +28,7 @@ from ttc.types import (
     Problem,
     Sampling,
     ScoreRequest,
+    Solution,
 )
 
 AGGREGATES: dict[str, Callable[[Sequence[float]], float]] = {
@@ -212,7 +213,8 @@ class SolveContext:
         """Score branches with the reward model; store per-step scores on each branch and
         return one aggregated score per branch (see `reward.aggregate`). Steps scored by an
         earlier call are passed as already scored, so incremental reward models score only
-        the new ones. A branch whose scoring fails gets score 0 and is recorded."""
+        the new ones. A branch whose scoring fails keeps `score = None` (it ranks last; its
+        score in the returned list is -inf) and the failure is recorded."""
         if not self.has_reward:
             raise ConfigError(
                 "this strategy scores branches but no reward model is configured",
@@ -248,16 +250,16 @@ class SolveContext:
         for b, out in zip(branches, outcomes, strict=True):
             if isinstance(out, BaseException):
                 errors.append(f"{type(out).__name__}: {out}")
-                b.extra["score_error"] = str(out)
-                b.extra["score"] = 0.0
-                scores.append(0.0)
+                b.score_error = f"{type(out).__name__}: {out}"
+                b.score = None  # ranks last: a failed score is never a reward
+                scores.append(-math.inf)
                 continue
             batch = max(batch, out.batch_size)
             tokens += out.result.tokens
             b.step_scores = tuple(out.result.step_scores)
-            value = aggregate(b.step_scores, self.aggregate_how)
-            b.extra["score"] = 0.0 if value is None else value
-            scores.append(b.extra["score"])
+            b.score = aggregate(b.step_scores, self.aggregate_how)
+            b.score_error = None
+            scores.append(-math.inf if b.score is None else b.score)
         self.ledger.debit_score(tokens=tokens)
         self._record(
             "score",
@@ -300,3 +302,61 @@ class SolveContext:
         self.calls.append(call)
         if self._on_call is not None:
             self._on_call(call)
+
+
+async def run_strategy(strategy: Any, problem: Problem, ctx: SolveContext) -> Solution:
+    """Solve `problem` with `strategy`: the one place a search ends.
+
+    A strategy's `solve` is an async generator that yields its current answer whenever
+    it has a better one (an anytime search), or a coroutine that returns one. A refused
+    call (`BudgetExceeded`, an allocator's early stop included) or a call whose every
+    request failed (`BackendError`) ends the search here: the last answer yielded is the
+    answer, and `trace["ended_by"]` names the reason (`budget`, `early_stop` or
+    `backend_error`). When the strategy yielded nothing, the answer is the vote of the
+    finished branches drawn so far (an allocator's probe samples included), if any. A
+    backend failure before anything was drawn is re-raised: the problem is then recorded
+    as an error with the backend's message, not as a silent "no answer".
+    """
+    import inspect
+
+    best: Solution | None = None
+    ended_by: str | None = None
+    try:
+        out = strategy.solve(problem, ctx)
+        if inspect.isasyncgen(out):
+            async for current in out:
+                best = cast(Solution, current)
+        else:
+            best = cast(Solution, await out)
+    except BudgetExceeded as exc:
+        ended_by = "early_stop" if getattr(exc, "early", False) else "budget"
+    except BackendError:
+        if not any(b.step_texts for b in ctx.branches.values()):
+            raise
+        ended_by = "backend_error"
+    if best is None or (best.answer is None and ended_by is not None):
+        best = _fallback(ctx) or best or Solution(answer=None)
+    if ended_by is not None:
+        best.trace["ended_by"] = ended_by
+    for b in best.support:
+        b.selected = True
+    if best.branch is not None:
+        best.branch.selected = True
+    return best
+
+
+def _fallback(ctx: SolveContext) -> Solution | None:
+    """The most frequent answer among the finished branches (None: no branch states
+    one); its best-scoring branch carries it."""
+    from collections import defaultdict
+
+    groups: dict[str, list[Branch]] = defaultdict(list)
+    for b in ctx.leaves():
+        a = ctx.answer(b)
+        if a is not None:
+            groups[ctx.normalize(a)].append(b)
+    if not groups:
+        return None
+    members = max(groups.values(), key=len)  # first seen wins ties (dicts keep order)
+    branch = max(members, key=lambda b: b.score if b.score is not None else -math.inf)
+    return Solution(answer=ctx.answer(branch), branch=branch, trace={"fallback": "vote"})

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ttc.types import (
@@ -124,6 +125,16 @@ class Strategy(abc.ABC):
         return the best answer found so far."""
 
 
+@dataclass(frozen=True)
+class Plan:
+    """What `Allocator.prepare` decided for one problem: the budget it may spend (never
+    below what it spent already: the runner raises a smaller limit to the spending) and
+    the strategy that solves it (None: the run's strategy)."""
+
+    budget: Budget | None = None
+    strategy: Strategy | None = None
+
+
 class Allocator(abc.ABC):
     """Splits the run's budget across problems."""
 
@@ -144,10 +155,11 @@ class Allocator(abc.ABC):
         """Called once before solving, with every problem the run will solve (e.g. to size
         a pool as the per-problem budget times their number)."""
 
-    async def prepare(self, problem: Problem, ctx: SolveContext) -> None:  # noqa: B027
+    async def prepare(self, problem: Problem, ctx: SolveContext) -> Plan | None:
         """Called after `budget_for`, before the strategy starts, with the problem's
-        context: an allocator may spend a probe through it and then set
-        `ctx.ledger.budget` (e.g. by the problem's estimated difficulty)."""
+        context: an allocator may spend a probe through it and return a `Plan` (e.g. the
+        budget and strategy of the problem's estimated difficulty); None keeps both."""
+        return None
 
 
 class Task(abc.ABC):

@@ -23,9 +23,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from ttc.budget import Budget, Ledger
 from ttc.config import StoreConfig, instantiate_config, to_object, validate
-from ttc.context import SolveContext
+from ttc.context import SolveContext, run_strategy
 from ttc.cost import CostModel
-from ttc.errors import BudgetExceeded, ConfigError, DataError
+from ttc.errors import ConfigError, DataError
 from ttc.interfaces import Allocator, Backend, RewardModel, Strategy, Task
 from ttc.registry import Registry, get_registry
 from ttc.resume import ResumeRequest, check_same_problems, fingerprint
@@ -361,12 +361,14 @@ class Runner:
         status: Any = "ok"
         error = None
         try:
-            await parts.allocator.prepare(problem, ctx)
-            budget = ledger.budget  # prepare may have chosen another one
-            solution = await parts.strategy.solve(problem, ctx)
-        except BudgetExceeded:
-            # The strategy let the refusal escape: it ends with no chosen answer.
-            solution = Solution(answer=None, trace={"ended_by": "budget"})
+            plan = await parts.allocator.prepare(problem, ctx)
+            strategy = parts.strategy
+            if plan is not None:
+                if plan.budget is not None:
+                    ledger.rebudget(plan.budget)
+                strategy = plan.strategy or strategy
+            budget = ledger.budget
+            solution = await run_strategy(strategy, problem, ctx)
         except Exception as exc:
             status = "error"
             error = _format_error(exc)

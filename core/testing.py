@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from ttc.budget import Budget, Ledger
 from ttc.config import BackendConfig, RewardConfig, TaskConfig, bounded
-from ttc.context import SolveContext
+from ttc.context import SolveContext, run_strategy
 from ttc.cost import CostModel
 from ttc.interfaces import Backend, RewardModel, Strategy, Task
 from ttc.scheduler import Scheduler
@@ -267,7 +267,7 @@ class StrategyConformance:
                 ledger=Ledger(budget or Budget(), CostModel(backend.architecture)),
                 task=task,
             )
-            return await self.strategy.solve(problem, ctx), ctx
+            return await run_strategy(self.strategy, problem, ctx), ctx
 
         return asyncio.run(go())
 

@@ -159,18 +159,25 @@ class Branch:
     finish_reason: FinishReason | None = None
     new_tokens: int = 0
     answer: str | None = None
+    """The final answer the branch states (set by `ctx.answer`, cached)."""
+    score: float | None = None
+    """The aggregated score of the branch's steps (`reward.aggregate`), set by
+    `ctx.score`; None until its newest step is scored (a child does not inherit its
+    parent's score, and a failed scoring leaves it None: such a branch ranks last)."""
+    score_error: str | None = None
+    """Why the last scoring of this branch failed, if it did."""
     selected: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    """Strategy-specific annotations (JSON-ready: the store keeps them)."""
 
     @property
     def text(self) -> str:
         return "".join(self.step_texts)
 
     @property
-    def score(self) -> float | None:
-        """The most recent aggregated score the context stored (see `SolveContext.score`)."""
-        value = self.extra.get("score")
-        return None if value is None else float(value)
+    def scored(self) -> bool:
+        """True when every step, the newest included, carries a score."""
+        return len(self.step_scores) == len(self.step_texts) > 0
 
 
 @dataclass(slots=True)
@@ -180,6 +187,9 @@ class Solution:
     answer: str | None
     branch: Branch | None = None
     trace: dict[str, Any] = field(default_factory=dict)
+    support: tuple[Branch, ...] = ()
+    """Further branches that carry the answer (e.g. every sample voting for it); they
+    are marked `selected` with `branch` when the search ends."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -63,7 +63,10 @@ class AStarConfig(StrategyConfig):
 
 
 def path_cost(b: Branch) -> float:
-    """g: the log of the product of the branch's step scores."""
+    """g: the log of the product of the branch's step scores; -inf when its newest step
+    has no score (its scoring failed: it must never look as good as its parent)."""
+    if not b.scored:
+        return -math.inf
     return sum(math.log(max(s, EPS)) for s in b.step_scores)
 
 
@@ -153,6 +156,8 @@ class AStar(Strategy):
             depths += [b.step for b in children if b.finished]
             estimate = fmean(depths) if depths else float(c.horizon)
             for ch in children:
+                if not ch.scored:
+                    continue  # its scoring failed: not a candidate
                 g = path_cost(ch)
                 f = g + c.heuristic_weight * self.heuristic(ch, estimate)
                 ch.extra["g"], ch.extra["f"] = g, f

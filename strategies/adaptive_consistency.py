@@ -89,7 +89,9 @@ class AdaptiveConsistency(Strategy):
         # The Monte Carlo criterion gets its own stream so it does not shift the seeds
         # the context draws for generation.
         mc_rng = random.Random(ctx.rng.getrandbits(32))
-        samples: list[Branch] = []
+        # Finished samples already drawn from the root (an allocator's probe) count.
+        samples: list[Branch] = [b for b in ctx.leaves() if b.parent_id == ctx.root.id]
+        samples = samples[: c.max_samples]
         history: list[float] = []
         stop = "max_samples"
         while len(samples) < c.max_samples:

@@ -66,8 +66,11 @@ class BeamSearch(Strategy):
             except STOPS as exc:
                 stop = ended_by(ctx, exc)
                 break
-            finished += [b for b in children if b.finished]
-            active = sorted((b for b in children if not b.finished), key=score_of, reverse=True)
+            finished += [b for b in children if b.finished and b.scored]
+            # A branch whose newest step failed scoring is no candidate (never first).
+            active = sorted(
+                (b for b in children if not b.finished and b.scored), key=score_of, reverse=True
+            )
             partial = active or partial
             beams = active[: c.beam_width]
             for b in beams:  # survival is recorded; `selected` marks the answer only

@@ -22,6 +22,7 @@ from ttc.strategies.best_of_n import majority, sampling_for
 from ttc.strategies.common import (
     STOPS,
     SampleConfig,
+    draw_samples,
     ended_by,
     finish_all,
     score_of,
@@ -50,7 +51,7 @@ class BestOfMajority(Strategy):
     async def solve(self, problem: Problem, ctx: SolveContext) -> Solution:
         c = self.config
         try:
-            samples = await ctx.generate([ctx.root], sampling_for(ctx, c, c.n))
+            samples = await draw_samples(ctx, sampling_for(ctx, c, c.n))
         except STOPS as exc:
             return Solution(answer=None, trace={"ended_by": ended_by(ctx, exc)})
         finish_all(samples)

@@ -15,11 +15,13 @@ from typing import Any
 
 from ttc.config import bounded
 from ttc.context import SolveContext
+from ttc.errors import BackendError, BudgetExceeded
 from ttc.interfaces import Strategy
 from ttc.strategies.common import (
     STOPS,
     SampleConfig,
     best_by_score,
+    draw_samples,
     ended_by,
     finish_all,
     mark_steps,
@@ -83,14 +85,25 @@ async def stepwise(
         active = [b for b in heads if not b.finished and len(b.token_ids) < sampling.max_tokens]
         if not active:
             break
-        left = min(sampling.max_tokens - len(b.token_ids) for b in active)
-        try:
-            children = await ctx.generate(active, step.replace(n=1, max_tokens=left))
-        except STOPS:
-            break
+        # Each chain gets its own allowance: chains with the same room share one call.
+        groups: dict[int, list[Branch]] = {}
+        for b in active:
+            groups.setdefault(sampling.max_tokens - len(b.token_ids), []).append(b)
+        children: list[Branch] = []
+        stopped = False
+        for left, chains in groups.items():
+            try:
+                children += await ctx.generate(chains, step.replace(n=1, max_tokens=left))
+            except BackendError:
+                continue  # these chains stay where they are (the failure is recorded)
+            except BudgetExceeded:
+                stopped = True
+                break
         mark_steps(children)
         by_parent = {ch.parent_id: ch for ch in children}
         heads = [by_parent.get(b.id, b) for b in heads]
+        if stopped:
+            break
     return heads
 
 
@@ -104,7 +117,7 @@ class BestOfN(Strategy):
             if c.step_delimiter:
                 samples = await stepwise(ctx, sampling, c.step_delimiter, c.max_steps)
             else:
-                samples = await ctx.generate([ctx.root], sampling)
+                samples = await draw_samples(ctx, sampling)
         except STOPS as exc:
             return Solution(answer=None, trace={"ended_by": ended_by(ctx, exc)})
         finish_all(samples)

@@ -78,6 +78,16 @@ def mark_steps(children: Iterable[Branch]) -> None:
             b.finished = False
 
 
+async def draw_samples(ctx: SolveContext, sampling: Sampling) -> list[Branch]:
+    """`sampling.n` whole samples from the root. Finished samples already drawn from the
+    root (an allocator's probe) count among them: only the rest are generated."""
+    have = [b for b in ctx.leaves() if b.parent_id == ctx.root.id]
+    need = sampling.n - len(have)
+    if need <= 0:
+        return have[: sampling.n]
+    return have + await ctx.generate([ctx.root], sampling.replace(n=need))
+
+
 def finish_all(samples: Iterable[Branch]) -> None:
     """Whole-solution sampling: a sample is a leaf whatever ended it."""
     for b in samples:

@@ -68,9 +68,9 @@ class Dvts(Strategy):
                 break
             live: list[tuple[int, Branch]] = []
             for tree, _ in heads:
-                kids = groups.get(tree, [])
+                kids = [b for b in groups.get(tree, []) if b.scored]
                 if not kids:
-                    continue  # every request of this subtree failed: the subtree ends
+                    continue  # every request (or scoring) of this subtree failed: it ends
                 # Greedy within the subtree: the best candidate continues, whether it
                 # finished or not (a finished best ends the subtree).
                 best = max(kids, key=score_of)

@@ -15,7 +15,9 @@ right path early. A particle filter keeps the population's diversity instead:
    `ess_threshold * particles`, the population is resampled (`multinomial`,
    `systematic` or `residual`): likely particles are copied, unlikely ones die, and the
    weights reset to uniform. `ess_threshold=1` resamples every step.
-4. Finished particles stay in the population (they can be copied, not extended).
+4. Finished particles stay in the population (they can be copied, not extended); after
+   a resampling they keep the likelihood of their own score as their weight, so a
+   solution that finished early competes with the moving ones on its merit.
 
 The answer is a weighted vote of the final population (`select=weighted_vote`) or the
 best-scoring finished particle (`select=best`). Every resampling is recorded: the
@@ -25,6 +27,7 @@ steps grown from copies carry `extra["resampled_from"]` (the ancestor's id).
 
 from __future__ import annotations
 
+import math
 import random
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
@@ -88,6 +91,8 @@ class Smc:
     stop: str = "max_steps"
 
     def loglik(self, b: Branch) -> float:
+        if b.step_texts and not b.scored:
+            return -math.inf  # its newest step failed scoring: weight 0, never the parent's
         r = b.step_scores[-1] if b.step_scores else 0.5
         if self.config.weighting == "log_odds":
             return log_odds(r)
@@ -187,10 +192,16 @@ class Smc:
         for p in self.population:
             p.branch.extra["offspring"] = offspring[p.branch.id]
             p.branch.extra["weight"] = mass[p.branch.id]
+        # Weights reset to uniform for the particles that move on: their next step's
+        # likelihood weighs them. A finished particle does not move again, so it keeps the
+        # likelihood of its own current score (Puri et al.); at weight 0 it would be
+        # outweighed by every moving particle and resampled away.
         self.population = [
             Particle(
                 self.population[a].branch,
-                0.0,
+                self.loglik(self.population[a].branch)
+                if self.population[a].branch.finished
+                else 0.0,
                 None if (cond and j == 0) else self.population[a].branch.id,
             )
             for j, a in enumerate(ancestors)

@@ -15,7 +15,15 @@ from ttc.config import bounded
 from ttc.context import SolveContext
 from ttc.interfaces import Strategy
 from ttc.strategies.best_of_n import sampling_for
-from ttc.strategies.common import STOPS, SampleConfig, ended_by, finish_all, solution, tally
+from ttc.strategies.common import (
+    STOPS,
+    SampleConfig,
+    draw_samples,
+    ended_by,
+    finish_all,
+    solution,
+    tally,
+)
 from ttc.types import Problem, Solution
 
 
@@ -39,7 +47,7 @@ class SelfConsistency(Strategy):
     async def solve(self, problem: Problem, ctx: SolveContext) -> Solution:
         c = self.config
         try:
-            samples = await ctx.generate([ctx.root], sampling_for(ctx, c, c.n))
+            samples = await draw_samples(ctx, sampling_for(ctx, c, c.n))
         except STOPS as exc:
             return Solution(answer=None, trace={"ended_by": ended_by(ctx, exc)})
         finish_all(samples)
@@ -47,7 +55,8 @@ class SelfConsistency(Strategy):
         stopped = None
         if c.weighted:
             try:
-                weights = await ctx.score(samples)
+                # a sample whose scoring failed adds nothing to its answer's weight
+                weights = [max(w, 0.0) for w in await ctx.score(samples)]
             except STOPS as exc:
                 stopped = ended_by(ctx, exc)  # fall back to counting votes
         votes = tally(ctx, samples, weights)

@@ -1,4 +1,5 @@
-"""`difficulty`: probe each problem cheaply, then give it the budget of its difficulty bin.
+"""`difficulty`: probe each problem cheaply, then solve it with the strategy, parameters
+and budget of its difficulty bin.
 
 Before the strategy starts, the allocator draws `probe_samples` samples of at most
 `probe_max_tokens` tokens from the policy (through the problem's own context, so the
@@ -8,13 +9,19 @@ probe is counted in the problem's spending and calls) and measures difficulty:
   (a sample stating no answer counts as an answer of its own): 0 when all agree.
 - `entropy`: the mean negative logprob of the probe's tokens (nats per token), an
   estimate of the policy's entropy on the problem.
+- `score`: the mean reward of the probe samples (needs a reward model; one score call).
+  Note its direction: a high mean reward usually means an easy problem.
 
-The first row of `table` whose `up_to` is at least the difficulty picks the problem's
-budget: `scale` times the top-level budget, with `tokens` / `samples` overriding when
-set. The probe runs under the largest row's budget; the chosen budget then replaces it
-(what the probe spent counts against it). Probe branches are kept in the search tree with
-`extra["probe"] = True` and are not leaves (they do not vote in the run's metrics). The
-chosen bin is stored with the problem's budget (`budget.policy`).
+The bins come from `policy` (a policy file, see `ttc.plugins.allocators.policy`: per bin
+a strategy with parameters and a budget) or else from `table` (per bin a budget: `scale`
+times the top-level budget, `tokens` / `samples` overriding). The first bin whose
+`up_to` holds the difficulty applies. The probe runs under the largest bin's budget;
+the chosen budget then replaces it, raised where needed to what the probe already spent
+(no stored budget is below its problem's spending). The probe samples are whole samples
+of the policy: they are leaves of the search tree (`extra["probe"] = True`), the
+sampling strategies count them among their n samples, and an answer falls back to
+their vote when the strategy ends before it has one. The chosen bin (and strategy) is
+stored with the problem's budget (`budget.policy`).
 """
 
 from __future__ import annotations
@@ -25,10 +32,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ttc.budget import Budget, SpendPolicy
-from ttc.config import AllocatorConfig, bounded
+from ttc.config import AllocatorConfig, bounded, instantiate_config
 from ttc.context import SolveContext
 from ttc.errors import BackendError, BudgetExceeded, ConfigError
-from ttc.interfaces import Allocator
+from ttc.interfaces import Allocator, Plan, Strategy
+from ttc.plugins.allocators.policy import MEASURES, Policy, PolicyBin, load_policy
 from ttc.types import Problem, Sampling
 
 
@@ -56,12 +64,26 @@ def _default_table() -> list[DifficultyBin]:
 @dataclass
 class DifficultyAllocatorConfig(AllocatorConfig):
     name: str = "difficulty"
-    measure: str = bounded("agreement", choices=["agreement", "entropy"])
+    measure: str = bounded("agreement", choices=list(MEASURES))
     probe_samples: int = bounded(4, ge=1, help="samples of the probe")
     probe_max_tokens: int = bounded(256, ge=1, help="tokens per probe sample")
     probe_temperature: float = bounded(0.8, ge=0.0)
     table: list[DifficultyBin] = field(default_factory=_default_table)
     """Bins in increasing `up_to` order; the first that holds the difficulty applies."""
+    policy: str | None = None
+    """A policy file (YAML/JSON, written by `ttc analyze policy`): its measure, probe
+    settings and bins (strategy, parameters, budget per bin) replace the fields above."""
+
+
+@dataclass(frozen=True)
+class Bin:
+    """A bin as the allocator applies it."""
+
+    name: str
+    up_to: float
+    budget: Budget
+    strategy: Strategy | None
+    spec: dict[str, Any]
 
 
 class DifficultyChoice(SpendPolicy):
@@ -69,18 +91,39 @@ class DifficultyChoice(SpendPolicy):
 
     name = "difficulty"
 
-    def __init__(self, *, difficulty: float | None, bin: str, measure: str) -> None:
+    def __init__(
+        self,
+        *,
+        difficulty: float | None,
+        bin: str,
+        measure: str,
+        strategy: dict[str, Any] | None = None,
+    ) -> None:
         self.difficulty = difficulty
         self.bin = bin
         self.measure = measure
+        self.strategy = strategy
 
     def describe(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "name": self.name,
             "measure": self.measure,
             "difficulty": self.difficulty,
             "bin": self.bin,
         }
+        if self.strategy:
+            out["strategy"] = self.strategy
+        return out
+
+
+def build_strategy(spec: dict[str, Any], where: str) -> Strategy:
+    """A strategy from `{name: ..., <parameter>: ...}`, validated by its schema."""
+    from ttc.registry import get_registry
+
+    reg = get_registry().get("strategy", str(spec["name"]))
+    config = instantiate_config(reg.config_cls, spec, where)
+    strategy: Strategy = reg.cls(config)
+    return strategy
 
 
 class DifficultyAllocator(Allocator):
@@ -89,15 +132,38 @@ class DifficultyAllocator(Allocator):
 
     def __init__(self, config: DifficultyAllocatorConfig, budget: Budget) -> None:
         super().__init__(config, budget)
-        if not config.table:
-            raise ConfigError("allocator.table is empty; give at least one bin", key="table")
-        bounds = [row.up_to for row in config.table]
-        if bounds != sorted(bounds):
-            raise ConfigError(
-                f"allocator.table bins must be in increasing up_to order, got {bounds}",
-                key="allocator.table",
-            )
+        self.measure = config.measure
+        self.probe = {
+            "samples": config.probe_samples,
+            "max_tokens": config.probe_max_tokens,
+            "temperature": config.probe_temperature,
+        }
+        if config.policy:
+            policy = load_policy(config.policy)
+            self.measure = policy.measure
+            self.probe.update(policy.probe)
+            self.bins = [self._policy_bin(b, i) for i, b in enumerate(policy.bins)]
+            self.policy: Policy | None = policy
+        else:
+            if not config.table:
+                raise ConfigError("allocator.table is empty; give at least one bin", key="table")
+            bounds = [row.up_to for row in config.table]
+            if bounds != sorted(bounds):
+                raise ConfigError(
+                    f"allocator.table bins must be in increasing up_to order, got {bounds}",
+                    key="allocator.table",
+                )
+            self.bins = [Bin(r.name, r.up_to, self.budget_of(r), None, {}) for r in config.table]
+            self.policy = None
         self.choices: dict[str, DifficultyChoice] = {}
+
+    def _policy_bin(self, b: PolicyBin, index: int) -> Bin:
+        limits: dict[str, Any] = {}
+        for unit, value in b.budget.items():
+            ref = getattr(self.budget, unit)
+            limits[unit] = value if isinstance(ref, float) or unit in FLOAT_UNITS else int(value)
+        strategy = build_strategy(b.strategy, f"allocator.policy bins[{index}].strategy")
+        return Bin(b.name, b.up_to, self.budget.replace(**limits), strategy, dict(b.strategy))
 
     def budget_of(self, row: DifficultyBin) -> Budget:
         out = self.budget.scaled(row.scale)
@@ -107,24 +173,22 @@ class DifficultyAllocator(Allocator):
             out = out.replace(samples=row.samples)
         return out
 
-    def bin_for(self, difficulty: float) -> DifficultyBin:
-        for row in self.config.table:
-            if difficulty <= row.up_to:
-                return row
-        return self.config.table[-1]
+    def bin_for(self, difficulty: float) -> Bin:
+        for b in self.bins:
+            if difficulty <= b.up_to:
+                return b
+        return self.bins[-1]
 
     def budget_for(self, problem: Problem) -> Budget:
         # The probe runs under the most generous bin; `prepare` narrows it.
-        largest = max(self.config.table, key=lambda r: (r.scale, r.tokens or 0))
-        return self.budget_of(largest)
+        return _largest([b.budget for b in self.bins])
 
-    async def prepare(self, problem: Problem, ctx: SolveContext) -> None:
-        c = self.config
+    async def prepare(self, problem: Problem, ctx: SolveContext) -> Plan:
         sampling = Sampling(
-            n=c.probe_samples,
-            temperature=c.probe_temperature,
-            max_tokens=c.probe_max_tokens,
-            logprobs=c.measure == "entropy",
+            n=int(self.probe["samples"]),
+            temperature=float(self.probe["temperature"]),
+            max_tokens=int(self.probe["max_tokens"]),
+            logprobs=self.measure == "entropy",
         )
         try:
             probes = await ctx.generate([ctx.root], sampling)
@@ -132,21 +196,48 @@ class DifficultyAllocator(Allocator):
             probes = []
         for b in probes:
             b.extra["probe"] = True
-            b.finished = False  # not a leaf: the strategy did not draw it
-        difficulty = measure(ctx, probes, c.measure)
+            b.finished = True  # a whole sample of the policy: a leaf that votes
+        difficulty = await measure(ctx, probes, self.measure)
         row = self.bin_for(math.inf if difficulty is None else difficulty)
-        choice = DifficultyChoice(difficulty=difficulty, bin=row.name, measure=c.measure)
+        choice = DifficultyChoice(
+            difficulty=difficulty, bin=row.name, measure=self.measure, strategy=row.spec or None
+        )
         self.choices[problem.id] = choice
-        ctx.ledger.budget = self.budget_of(row).replace(policy=choice)
+        return Plan(budget=row.budget.replace(policy=choice), strategy=row.strategy)
 
 
-def measure(ctx: SolveContext, probes: list[Any], how: str) -> float | None:
+FLOAT_UNITS = ("flops", "eflops", "seconds")
+
+
+def _largest(budgets: list[Budget]) -> Budget:
+    """Per unit the largest limit of `budgets` (None, unlimited, wins)."""
+    out: dict[str, Any] = {}
+    for unit in budgets[0].limits():
+        values = [b.limits()[unit] for b in budgets]
+        out[unit] = None if None in values else max(v for v in values if v is not None)
+    return Budget(**out)
+
+
+async def measure(ctx: SolveContext, probes: list[Any], how: str) -> float | None:
     """The difficulty the probe samples show (None: no sample to judge from)."""
     if not probes:
         return None
     if how == "entropy":
         lps = [lp for b in probes for lp in b.token_logprobs]
         return -sum(lps) / len(lps) if lps else None
+    if how == "score":
+        if not ctx.has_reward:
+            raise ConfigError(
+                "allocator measure 'score' reads the reward of the probe samples, but reward=none",
+                key="allocator.measure",
+                hint="choose a reward model, or measure=agreement",
+            )
+        try:
+            await ctx.score(probes)
+        except (BudgetExceeded, BackendError):
+            return None
+        scores = [b.score for b in probes if b.score is not None]
+        return sum(scores) / len(scores) if scores else None
     keys = []
     for i, b in enumerate(probes):
         answer = ctx.answer(b)

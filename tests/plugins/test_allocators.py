@@ -4,7 +4,9 @@ adaptive_stop stops easy problems early, difficulty follows its table."""
 from __future__ import annotations
 
 import asyncio
+import json
 import random
+from pathlib import Path
 
 import pytest
 
@@ -23,6 +25,7 @@ from ttc.plugins.allocators.difficulty import (
     DifficultyBin,
 )
 from ttc.plugins.allocators.global_pool import GlobalAllocator, GlobalAllocatorConfig
+from ttc.plugins.allocators.policy import dump_policy, load_policy, parse_policy
 from ttc.plugins.allocators.rollover import RolloverAllocator, RolloverAllocatorConfig
 from ttc.runner import Runner
 from ttc.scheduler import Scheduler
@@ -30,6 +33,8 @@ from ttc.store import Store
 from ttc.testing import (
     ScriptedBackend,
     ScriptedBackendConfig,
+    SyntheticReward,
+    SyntheticRewardConfig,
     SyntheticTask,
     SyntheticTaskConfig,
     synthetic_problem,
@@ -140,7 +145,9 @@ def solve_in_rounds(p_correct: float, alloc: object, seed: int) -> SolveContext:
             task=task,
             seed=seed,
         )
-        await alloc.prepare(problem, ctx)  # type: ignore[attr-defined]
+        plan = await alloc.prepare(problem, ctx)  # type: ignore[attr-defined]
+        if plan is not None and plan.budget is not None:
+            ctx.ledger.rebudget(plan.budget)
         for _ in range(8):
             try:
                 await ctx.generate([ctx.root], Sampling(n=2, max_tokens=64))
@@ -173,15 +180,19 @@ def test_difficulty_follows_its_table() -> None:
     )
     easy = solve_in_rounds(1.0, alloc, 0)
     hard = solve_in_rounds(0.0, alloc, 1)
-    assert easy.ledger.budget.tokens == 100 and easy.ledger.budget.samples == 8
+    # the probe (6 samples, 150 tokens) already spent more than the easy bin's 100: the
+    # stored limit is raised to the spending, never left below it
+    assert easy.ledger.spent.tokens > 100
+    assert easy.ledger.budget.tokens == easy.ledger.spent.tokens
+    assert easy.ledger.budget.samples == 8
     assert hard.ledger.budget.tokens == 900 and hard.ledger.budget.samples == 12
     assert alloc.choices["p000"].bin == "easy" and alloc.choices["p000"].difficulty == 0.0
     assert alloc.choices["p001"].bin == "hard"
-    # the probe (150 tokens) already spent the easy bin: no round follows it there
     assert easy.ledger.spent.generate_calls == 1 < hard.ledger.spent.generate_calls
     assert easy.ledger.spent.tokens < hard.ledger.spent.tokens <= 900
     probes = [b for b in easy.branches.values() if b.extra.get("probe")]
-    assert len(probes) == 6 and not any(b.finished for b in probes)
+    # the probe samples are whole samples: leaves that vote
+    assert len(probes) == 6 and all(b.finished for b in probes)
     assert easy.ledger.budget.as_dict()["policy"]["bin"] == "easy"
 
 
@@ -191,3 +202,182 @@ def test_difficulty_table_must_be_ordered() -> None:
             DifficultyAllocatorConfig(table=[DifficultyBin(up_to=0.9), DifficultyBin(up_to=0.1)]),
             Budget(),
         )
+
+
+def test_difficulty_counts_the_probe_toward_the_answer_and_never_stores_less_than_spent(
+    store_url: str,
+) -> None:
+    # Every probe sample agrees (p_correct=1): every problem is easy, and the easy bin's
+    # 60 tokens are less than the probe (4 samples of up to 64 tokens) already spent.
+    cfg = compose(
+        [
+            *DOUBLES,
+            f"store.url={store_url}",
+            "backend.steps=0",
+            "backend.p_correct=1.0",
+            "allocator=difficulty",
+            "allocator.probe_samples=4",
+            "allocator.probe_max_tokens=64",
+            "allocator.table=[{name: easy, up_to: 0.2, tokens: 60},"
+            " {name: hard, up_to: 1.0, tokens: 900}]",
+            "strategy=best_of_n",
+            "strategy.n=4",
+            "budget.tokens=900",
+            "task.n_problems=4",
+        ]
+    )
+    outcome = Runner(cfg).run()
+    results = Store(store_url).results(outcome.run_id)
+    assert len(results) == 4
+    for r in results:
+        assert r["tokens"] > 60  # the probe spent more than the easy bin holds
+        assert r["budget"]["tokens"] >= r["tokens"], r["budget"]
+        # the strategy had nothing left to draw, but the probe's samples answer
+        assert r["answer"] is not None and r["correct"]
+
+
+POLICY = {
+    "ttc_policy": 1,
+    "measure": "agreement",
+    "probe": {"samples": 4, "max_tokens": 64},
+    "bins": [
+        {
+            "name": "easy",
+            "up_to": 0.2,
+            "strategy": {"name": "self_consistency", "n": 5},
+            "budget": {"tokens": 400},
+        },
+        {
+            "name": "hard",
+            "up_to": float("inf"),
+            "strategy": {"name": "beam_search", "beam_width": 2, "expansions": 2},
+            "budget": {"tokens": 2000, "samples": 40},
+        },
+    ],
+    "source": {"store": "sqlite:///runs/ttc.db", "runs": ["r1"], "fitted_on": "oracle"},
+}
+
+
+@pytest.mark.parametrize("suffix", [".yaml", ".json"])
+def test_policy_files_round_trip(tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / f"policy{suffix}"
+    policy = parse_policy(POLICY)
+    dump_policy(policy, path)
+    again = load_policy(path)
+    assert again == policy
+    assert again.bins[-1].up_to == float("inf")
+    assert again.bin_for(0.1).name == "easy" and again.bin_for(0.7).name == "hard"
+    assert again.to_dict() == {**POLICY}
+
+
+def test_policy_file_as_the_analysis_writes_it_by_hand(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        "ttc_policy: 1\nmeasure: score\nbins:\n"
+        "  - {name: easy, up_to: 0.5, budget: {tokens: 800}}\n"
+        "  - {name: hard, up_to: .inf, strategy: {name: best_of_n, n: 8}}\n"
+    )
+    policy = load_policy(path)
+    assert policy.measure == "score" and policy.bins[1].up_to == float("inf")
+    assert policy.bins[0].strategy == {} and policy.bins[1].budget == {}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"ttc_policy": 2}, "ttc_policy must be 1"),
+        ({"measure": "vibes"}, "measure must be one of"),
+        ({"bins": []}, "bins must be a non-empty list"),
+        ({"bins": [{"name": "a", "up_to": 0.9}, {"name": "b", "up_to": 0.1}]}, "increasing"),
+        ({"bins": [{"name": "a", "budget": {"tokenz": 5}}]}, r"bins\[0\]\.budget\.tokenz"),
+        ({"bins": [{"name": "a", "up_to": "high"}]}, r"bins\[0\]\.up_to must be a number"),
+        ({"bins": [{"name": "a", "strategy": {"n": 3}}]}, "needs a name"),
+    ],
+)
+def test_bad_policy_files_fail_in_one_line_naming_the_key(
+    tmp_path: Path, change: dict[str, object], message: str
+) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({**POLICY, **change}))
+    with pytest.raises(ConfigError, match=message) as info:
+        load_policy(path)
+    assert "\n" not in str(info.value)
+
+
+def test_policy_strategies_are_validated_by_their_schema_at_start(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    bad = {**POLICY, "bins": [{"name": "a", "strategy": {"name": "best_of_n", "n": 0}}]}
+    dump_policy(parse_policy(bad), path)
+    with pytest.raises(ConfigError, match=r"bins\[0\]\.strategy"):
+        DifficultyAllocator(DifficultyAllocatorConfig(policy=str(path)), Budget())
+    missing = tmp_path / "nope.yaml"
+    with pytest.raises(ConfigError, match=r"cannot read allocator\.policy"):
+        DifficultyAllocator(DifficultyAllocatorConfig(policy=str(missing)), Budget())
+
+
+def test_difficulty_solves_each_bin_with_its_policy_strategy_and_budget(
+    store_url: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "policy.yaml"
+    dump_policy(parse_policy(POLICY), path)
+
+    def run(p_correct: float) -> list[dict[str, object]]:
+        cfg = compose(
+            [
+                *DOUBLES,
+                f"store.url={store_url}",
+                "backend.steps=1",
+                f"backend.p_correct={p_correct}",
+                "allocator=difficulty",
+                f"allocator.policy={path}",
+                "strategy=best_of_n",
+                "budget.tokens=5000",
+                "task.n_problems=3",
+            ]
+        )
+        outcome = Runner(cfg).run()
+        return Store(store_url).results(outcome.run_id)
+
+    for r in run(1.0):  # all probe samples agree: easy
+        policy = r["budget"]["policy"]
+        assert policy["bin"] == "easy" and policy["strategy"]["name"] == "self_consistency"
+        assert r["budget"]["tokens"] == 400 and r["samples"] == 5  # 4 probe samples + 1
+        assert r["correct"]
+    for r in run(0.0):  # wrong answers are scattered: hard
+        policy = r["budget"]["policy"]
+        assert policy["bin"] == "hard" and policy["strategy"]["name"] == "beam_search"
+        assert r["budget"]["tokens"] == 2000 and r["budget"]["samples"] == 40
+        assert r["samples"] > 5  # beam search went on past the probe
+
+
+def test_difficulty_score_measure_is_the_probe_samples_mean_reward() -> None:
+    table = [
+        DifficultyBin(name="low", up_to=0.5, tokens=100),
+        DifficultyBin(name="high", up_to=1.0, tokens=900),
+    ]
+    config = DifficultyAllocatorConfig(measure="score", probe_samples=4, table=table)
+    alloc = DifficultyAllocator(config, Budget(tokens=900))
+    backend = ScriptedBackend(ScriptedBackendConfig(steps=1, p_correct=1.0))
+    reward = SyntheticReward(SyntheticRewardConfig())
+    problem = synthetic_problem(0)
+
+    async def go() -> float | None:
+        prompt = backend.render(problem)
+        ctx = SolveContext(
+            problem=problem,
+            prompt=prompt,
+            prompt_ids=backend.encode(prompt),
+            scheduler=Scheduler(backend, reward, max_wait_s=0.0),
+            ledger=Ledger(alloc.budget_for(problem), CostModel(backend.architecture)),
+            task=SyntheticTask(SyntheticTaskConfig()),
+        )
+        await alloc.prepare(problem, ctx)
+        probes = [b for b in ctx.branches.values() if b.extra.get("probe")]
+        assert all(b.score is not None for b in probes)
+        mean = sum(b.score or 0.0 for b in probes) / len(probes)
+        assert alloc.choices[problem.id].difficulty == pytest.approx(mean)
+        return alloc.choices[problem.id].difficulty
+
+    # right answers score 0.9: the mean reward is high, so the problem falls in `high`
+    assert asyncio.run(go()) == pytest.approx(0.9)
+    assert alloc.choices[problem.id].bin == "high"

@@ -32,7 +32,7 @@ from typing import Any
 import ttc
 from ttc.budget import Budget, Ledger
 from ttc.config import BackendConfig, RewardConfig, TaskConfig, bounded
-from ttc.context import SolveContext
+from ttc.context import SolveContext, run_strategy
 from ttc.cost import CostModel
 from ttc.errors import BackendError
 from ttc.interfaces import Backend, RewardModel, Strategy, Task
@@ -54,8 +54,21 @@ HEADER = re.compile(r"\[sim ([^\]]*)\]")
 BOXED = re.compile(r"\\boxed\{([^}]*)\}")
 
 
-def sim_prompt(pid: str, *, answer: int, steps: int, q: float, wrong: str, tail: float) -> str:
-    return f"[sim id={pid} answer={answer} steps={steps} q={q} wrong={wrong} tail={tail}]"
+def sim_prompt(
+    pid: str,
+    *,
+    answer: int,
+    steps: int,
+    q: float,
+    wrong: str,
+    tail: float,
+    spread: int = 0,
+    detour: int = 0,
+) -> str:
+    return (
+        f"[sim id={pid} answer={answer} steps={steps} q={q} wrong={wrong} tail={tail}"
+        f" spread={spread} detour={detour}]"
+    )
 
 
 def parse_header(text: str) -> dict[str, str]:
@@ -69,6 +82,15 @@ def _offsets(spec: str) -> list[tuple[int, float]]:
     if not spec:
         return []
     return [(int(o), float(w)) for o, w in (part.split(":") for part in spec.split(","))]
+
+
+STEP = re.compile(r"Step \d+/(\d+):")
+
+
+def _depth(done: str) -> int | None:
+    """The planned number of steps of a solution, from its last step (None: no step yet)."""
+    found = STEP.findall(done)
+    return int(found[-1]) if found else None
 
 
 def expected_accuracy(steps: int, q: float) -> float:
@@ -112,9 +134,15 @@ class SimBackend(Backend):
         steps, q = int(head["steps"]), float(head["q"])
         k = done.count("Step ")
         right_so_far = "err" not in done
-        if k < steps:
+        depth = _depth(done)
+        if depth is None:  # the first step fixes the solution's depth
+            depth = steps + rng.randint(0, int(head.get("spread", 0)))
+        if k < depth:
             right = right_so_far and rng.random() < q
-            return f"Step {k + 1}: {'ok' if right else 'err'} #{rng.getrandbits(16):04x}\n\n", False
+            if right_so_far and not right:  # a wrong turn takes a detour before answering
+                depth += int(head.get("detour", 0))
+            tag = f"{'ok' if right else 'err'} #{rng.getrandbits(16):04x}"
+            return f"Step {k + 1}/{depth}: {tag}\n\n", False
         answer = int(head["answer"])
         right = right_so_far if steps else rng.random() < q
         if not right:
@@ -187,6 +215,8 @@ class SimRewardConfig(RewardConfig):
     hack_score: float = bounded(0.97, ge=0.0, le=1.0)
     answer_noise: float = bounded(0.0, ge=0.0, help="sd of a fixed per-answer offset")
     tokens_per_step: int = bounded(10, ge=0)
+    fail_on: str = ""
+    """Scoring a branch whose newest step contains this string raises (failure tests)."""
 
 
 def _unit(*key: object) -> random.Random:
@@ -214,6 +244,8 @@ class SimReward(RewardModel):
     def score_batch(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
         out = []
         for req in requests:
+            if self.config.fail_on and req.steps and self.config.fail_on in req.steps[-1]:
+                raise RuntimeError("sim: injected reward failure")
             scores = tuple(self.step_score(req.problem, s) for s in req.steps)
             new = len(req.steps) - req.scored_steps
             out.append(ScoreResult(step_scores=scores, tokens=new * self.config.tokens_per_step))
@@ -243,6 +275,8 @@ class SimTaskConfig(TaskConfig):
     wrong: str = "1:1"
     """Wrong-answer offsets and their relative weights, as "offset:weight,..."."""
     tail: float = bounded(0.0, ge=0.0, le=1.0, help="share of wrong answers that are rare")
+    spread: int = bounded(0, ge=0, help="a solution has steps + U{0..spread} steps")
+    detour: int = bounded(0, ge=0, help="extra steps a path takes after a wrong step")
 
 
 def make_problems(
@@ -252,6 +286,8 @@ def make_problems(
     q: float,
     wrong: str = "1:1",
     tail: float = 0.0,
+    spread: int = 0,
+    detour: int = 0,
     seed: int = 0,
     prefix: str = "s",
 ) -> list[Problem]:
@@ -260,7 +296,16 @@ def make_problems(
     for i in range(n):
         answer = rng.randint(10, 99)
         pid = f"{prefix}{seed}-{i:04d}"
-        prompt = sim_prompt(pid, answer=answer, steps=steps, q=q, wrong=wrong, tail=tail)
+        prompt = sim_prompt(
+            pid,
+            answer=answer,
+            steps=steps,
+            q=q,
+            wrong=wrong,
+            tail=tail,
+            spread=spread,
+            detour=detour,
+        )
         out.append(Problem(id=pid, prompt=prompt, reference=str(answer)))
     return out
 
@@ -271,7 +316,14 @@ class SimTask(Task):
     def load(self) -> list[Problem]:
         c = self.config
         problems = make_problems(
-            c.n_problems, steps=c.steps, q=c.q, wrong=c.wrong, tail=c.tail, seed=c.seed
+            c.n_problems,
+            steps=c.steps,
+            q=c.q,
+            wrong=c.wrong,
+            tail=c.tail,
+            spread=c.spread,
+            detour=c.detour,
+            seed=c.seed,
         )
         return problems[: c.limit] if c.limit else problems
 
@@ -345,7 +397,7 @@ def solve_all(
             seed=env.seed,
         )
         try:
-            return Outcome(problem, await strategy.solve(problem, ctx), ctx)
+            return Outcome(problem, await run_strategy(strategy, problem, ctx), ctx)
         except BackendError as exc:
             if not env.record_errors:
                 raise
@@ -385,3 +437,26 @@ def register_tasks(register: Callable[..., None]) -> None:
 @ttc.hookimpl
 def register_reward_models(register: Callable[..., None]) -> None:
     register(SimReward, SimRewardConfig)
+
+
+def run_raw(body: Callable[[Any], Any], problem: Problem, env: Env) -> Any:
+    """Run `await body(ctx)` on one problem's context; return what it spent."""
+    backend = SimBackend(env.backend)
+    task = SimTask(SimTaskConfig())
+
+    async def go() -> Any:
+        scheduler = Scheduler(backend, None, max_batch_size=512, max_wait_s=0.0)
+        prompt = backend.render(problem)
+        ledger = Ledger(env.budget, CostModel(backend.architecture))
+        ctx = SolveContext(
+            problem=problem,
+            prompt=prompt,
+            prompt_ids=backend.encode(prompt),
+            scheduler=scheduler,
+            ledger=ledger,
+            task=task,
+        )
+        await body(ctx)
+        return ledger.spent
+
+    return asyncio.run(go())
