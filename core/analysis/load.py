@@ -9,9 +9,10 @@
 - `results`: one row per problem of a run, with its spending in every unit of
   `COST_UNITS` (`total_tokens` = prompt + generated; `eflops` computed from FLOPs and bytes
   moved with the default hardware profile when the store has no such column).
-- `nodes`: the samples, i.e. finished, non-probe branches (all branches with
-  `leaves_only=False`), each graded against its problem's reference (`correct`) and keyed
-  for voting (`vote`, the task's normalised answer).
+- `nodes`: the samples, i.e. finished branches (all branches with `leaves_only=False`;
+  probe samples of the `difficulty` allocator are leaves too, flagged `probe`), each
+  graded against its problem's reference (`correct`) and keyed for voting (`vote`, the
+  task's normalised answer).
 - `calls`: every backend and reward call.
 
 Node fields are read through `node_fields`, one accessor that takes scores and answers
@@ -345,8 +346,6 @@ def _nodes_frame(conn: Any, ids: list[str], *, leaves_only: bool, text: bool) ->
         records.append(rec)
     columns = [c.key for c in base if c.key != "extra"] + ["probe"]
     df = pd.DataFrame.from_records(records, columns=columns)
-    if leaves_only and len(df):
-        df = df[~df["probe"].astype(bool)]
     df["score"] = pd.to_numeric(df["score"], errors="coerce").astype("float64")
     return df.sort_values(["run_id", "problem_id", "node_id"], ignore_index=True)
 

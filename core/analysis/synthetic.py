@@ -49,11 +49,18 @@ class SyntheticEnv:
             self.references = [str(100 + i) for i in range(len(self.p))]
 
     @classmethod
-    def spread(cls, n_problems: int, *, seed: int = 0, **kw: Any) -> SyntheticEnv:
-        """A real difficulty spread: a third easy (p ~ 0.9), a third medium (p ~ 0.3),
-        a third hard (p ~ 0.03)."""
+    def spread(
+        cls,
+        n_problems: int,
+        *,
+        seed: int = 0,
+        centres: tuple[float, ...] = (0.9, 0.3, 0.03),
+        **kw: Any,
+    ) -> SyntheticEnv:
+        """A real difficulty spread: problems cycle through groups of success probability
+        `centres` (default: easy p ~ 0.9, medium p ~ 0.3, hard p ~ 0.03)."""
         rng = np.random.default_rng(seed)
-        centre = np.array([0.9, 0.3, 0.03])[np.arange(n_problems) % 3]
+        centre = np.array(centres)[np.arange(n_problems) % len(centres)]
         p = np.clip(centre + rng.normal(0, 0.04, n_problems), 0.005, 0.995)
         return cls(p=p, seed=seed, **kw)
 

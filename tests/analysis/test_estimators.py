@@ -8,9 +8,16 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from known import known_store_for
 
 from ttc.analysis import bootstrap, load, pass_at_k, per_problem, points
 from ttc.analysis.estimators import best_at_k, maj_at_k
+
+
+@pytest.fixture
+def known_store(tmp_path_factory: pytest.TempPathFactory):
+    return known_store_for(tmp_path_factory)
+
 
 TOL = 0.05
 """Tolerance of a population estimate from 300 problems (about 2.5 standard errors)."""

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from known import known_store_for
 
 from ttc.analysis import load, per_problem
 from ttc.analysis.fits import extrapolate, fit_power_law, fit_saturation, saturation_point
 from ttc.analysis.synthetic import power_law_coverage
+
+
+@pytest.fixture
+def known_store(tmp_path_factory: pytest.TempPathFactory):
+    return known_store_for(tmp_path_factory)
 
 
 def test_power_law_recovers_known_parameters() -> None:

@@ -1,4 +1,4 @@
-"""A store filled with synthetic runs whose per-problem success probabilities are known."""
+"""Fixture: a store filled with synthetic runs whose per-problem success probabilities are known."""
 
 from __future__ import annotations
 
@@ -9,11 +9,14 @@ import pytest
 from ttc.analysis.synthetic import SyntheticEnv
 from ttc.store import Store
 
+_CACHE: dict[str, tuple[str, SyntheticEnv, dict]] = {}
 
-@pytest.fixture(scope="session")
-def known_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, SyntheticEnv, dict]:
+
+def known_store_for(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, SyntheticEnv, dict]:
     """300 problems of known p: best_of_n and self_consistency with 16 samples, and a
     step-level stand-in, written through the real Store API into SQLite."""
+    if "store" in _CACHE:  # built once per session, shared by the test modules
+        return _CACHE["store"]
     path: Path = tmp_path_factory.mktemp("analysis") / "known.db"
     url = f"sqlite:///{path}"
     env = SyntheticEnv.spread(300, seed=7)
@@ -24,4 +27,5 @@ def known_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Syntheti
         "beam_search": env.write_run(store, strategy="beam_search", width=4),
     }
     store.close()
-    return url, env, ids
+    _CACHE["store"] = (url, env, ids)
+    return _CACHE["store"]
