@@ -23,7 +23,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ttc.cost import CostModel
-from ttc.errors import BudgetExceeded, TtcError
+from ttc.errors import BudgetExceeded, ConfigError, TtcError
+from ttc.types import ModelPass
 
 UNITS = (
     "samples",
@@ -36,6 +37,9 @@ UNITS = (
     "seconds",
 )
 """The units a `Budget` can limit (every one of them is also counted in `Spent`)."""
+
+SCORE_WORK_UNITS = ("reward_tokens", "flops", "eflops")
+"""The units a score call spends in besides `reward_calls` (authorised at its worst case)."""
 
 
 @dataclass(frozen=True)
@@ -250,9 +254,17 @@ class Spent:
 class Ledger:
     """Debits and enforces one problem's budget."""
 
-    def __init__(self, budget: Budget, cost: CostModel | None = None) -> None:
+    def __init__(
+        self,
+        budget: Budget,
+        cost: CostModel | None = None,
+        *,
+        reward_cost: CostModel | None = None,
+    ) -> None:
         self.budget = budget
         self.cost = cost or CostModel(None)
+        self.reward_cost = reward_cost or CostModel(None)
+        """The reward model's own cost model (its FLOPs count in `flops`/`eflops`)."""
         self.spent = Spent()
         self._t0 = time.monotonic()
 
@@ -315,12 +327,30 @@ class Ledger:
         return BudgetExceeded(what, limit=limit, spent=spent, requested=requested)
 
     # -- generation -------------------------------------------------------------------
-    def authorize_generate(self, prompt_lens: Sequence[int], n: int, max_tokens: int) -> int:
+    def _unmeasurable(self, unit: str, what: str) -> ConfigError:
+        return ConfigError(
+            f"budget.{unit} is enforced but {what}'s FLOPs cannot be counted: its shape is unknown",
+            key=f"budget.{unit}",
+            hint="give the model's shape (backend.tokenizer=<model spec> on the openai "
+            f"backend) or remove budget.{unit}",
+        )
+
+    def authorize_generate(
+        self,
+        prompt_lens: Sequence[int],
+        n: int,
+        max_tokens: int,
+        *,
+        per_sample: bool = False,
+    ) -> int:
         """Check a generate call against every enforced unit.
 
         Returns the `max_tokens` the call may use (possibly less than asked), or raises
-        `BudgetExceeded` when not even one token per sequence fits.
+        `BudgetExceeded` when not even one token per sequence fits. `per_sample`: the
+        backend counts (and may compute) the prompt once per sample
+        (`Backend.prompt_tokens_per_sample`), so the worst case prefills it `n` times.
         """
+        prefills = n if per_sample else 1
         sequences = len(prompt_lens) * n
         left = self.remaining("seconds")
         if left is not None and left <= 0:
@@ -329,9 +359,10 @@ class Ledger:
         if left is not None and sequences > left:
             raise self._refuse("samples", sequences)
         left = self.remaining("prefill_tokens")
-        if left is not None and sum(prompt_lens) > left:
+        worst_prefill = sum(prompt_lens) * prefills
+        if left is not None and worst_prefill > left:
             # worst case: nothing comes from the prefix cache
-            raise self._refuse("prefill_tokens", sum(prompt_lens))
+            raise self._refuse("prefill_tokens", worst_prefill)
         allowed = max_tokens
         left = self.remaining("tokens")
         if left is not None:
@@ -340,42 +371,60 @@ class Ledger:
                 raise self._refuse("tokens", sequences)
         for unit in ("flops", "eflops"):
             left = self.remaining(unit)
-            if left is not None and self.cost.known:
-                allowed = self._fit(unit, prompt_lens, n, allowed, left)
+            if left is not None:
+                if not self.cost.known:
+                    raise self._unmeasurable(unit, "the policy model")
+                allowed = self._fit(unit, prompt_lens, n, allowed, left, prefills=prefills)
         if self.policy is not None:
             allowed = self.policy.limit_generate(self, sequences=sequences, max_tokens=allowed)
         return allowed
 
-    def _worst(self, unit: str, prompt_lens: Sequence[int], n: int, max_tokens: int) -> float:
-        """The most a call can spend in `flops` or `eflops`: every prompt token computed,
-        every sample running to `max_tokens` (decoded alone, so it reads all weights)."""
+    def _worst(
+        self, unit: str, prompt_lens: Sequence[int], n: int, max_tokens: int, *, prefills: int = 1
+    ) -> float:
+        """The most a call can spend in `flops` or `eflops`: every prompt token computed
+        (`prefills` times), every sample running to `max_tokens` (decoded alone, so it
+        reads all weights)."""
+        k = prefills
         flops = sum(
             self.cost.generation_flops(
-                prompt_len=p, computed_prompt=p, completion_lens=[max_tokens] * n
+                prompt_len=p, computed_prompt=k * p, completion_lens=[max_tokens] * n, prefills=k
             )
             for p in prompt_lens
         )
         if unit == "flops":
             return flops
         moved = sum(
-            self.cost.prefill_bytes(p)
+            k * self.cost.prefill_bytes(p)
             + n * self.cost.decode_bytes(max_tokens, context_before=p, batch=1)
             for p in prompt_lens
         )
         return self.cost.eflops(flops, moved)
 
-    def _fit(self, unit: str, prompt_lens: Sequence[int], n: int, allowed: int, left: float) -> int:
-        if self._worst(unit, prompt_lens, n, allowed) <= left:
+    def _fit(
+        self,
+        unit: str,
+        prompt_lens: Sequence[int],
+        n: int,
+        allowed: int,
+        left: float,
+        *,
+        prefills: int = 1,
+    ) -> int:
+        def worst(m: int) -> float:
+            return self._worst(unit, prompt_lens, n, m, prefills=prefills)
+
+        if worst(allowed) <= left:
             return allowed
         lo, hi = 0, allowed  # largest max_tokens whose worst case fits: binary search
         while lo < hi:
             mid = (lo + hi + 1) // 2
-            if self._worst(unit, prompt_lens, n, mid) <= left:
+            if worst(mid) <= left:
                 lo = mid
             else:
                 hi = mid - 1
         if lo < 1:
-            raise self._refuse(unit, self._worst(unit, prompt_lens, n, 1))
+            raise self._refuse(unit, worst(1))
         return lo
 
     def debit_generate(
@@ -402,20 +451,65 @@ class Ledger:
             self.policy.after_generate(self, tokens=completion_tokens, samples=sequences)
 
     # -- reward -----------------------------------------------------------------------
-    def authorize_score(self, n_requests: int) -> None:
+    @property
+    def bounds_score_work(self) -> bool:
+        """True when a score call must be authorised against the reward model's worst
+        case (`RewardModel.worst_case`): `reward_tokens`, `flops` or `eflops` is enforced."""
+        return any(getattr(self.budget, u) is not None for u in SCORE_WORK_UNITS)
+
+    def authorize_score(self, worst: Sequence[ModelPass] | None) -> None:
+        """Check a score call against every enforced unit, at its worst case `worst`
+        (the reward model's passes with nothing cached; None: not known, which is an
+        error when `bounds_score_work`). Raises `BudgetExceeded` when it does not fit."""
         left = self.remaining("seconds")
         if left is not None and left <= 0:
             raise self._refuse("seconds", 0)
         left = self.remaining("reward_calls")
         if left is not None and left < 1:
             raise self._refuse("reward_calls", 1)
+        if not self.bounds_score_work:
+            return
+        if worst is None:
+            unit = next(u for u in SCORE_WORK_UNITS if getattr(self.budget, u) is not None)
+            raise ConfigError(
+                f"budget.{unit} is enforced but the reward model cannot bound what a call "
+                "may spend (its worst_case returns None)",
+                key=f"budget.{unit}",
+                hint=f"implement RewardModel.worst_case, or remove budget.{unit}",
+            )
+        tokens = sum(p.tokens for p in worst)
         left = self.remaining("reward_tokens")
-        if left is not None and left <= 0:
-            raise self._refuse("reward_tokens", n_requests)
+        if left is not None and tokens > left:
+            raise self._refuse("reward_tokens", tokens)
+        for unit in ("flops", "eflops"):
+            left = self.remaining(unit)
+            if left is None or tokens == 0:
+                continue
+            if not self.reward_cost.known:
+                raise self._unmeasurable(unit, "the reward model")
+            need = self._score_work(unit, worst)
+            if need > left:
+                raise self._refuse(unit, need)
 
-    def debit_score(self, *, tokens: int) -> None:
+    def _score_work(self, unit: str, passes: Sequence[ModelPass]) -> float:
+        cost = self.reward_cost
+        flops = sum(cost.pass_flops(p) for p in passes)
+        if unit == "flops":
+            return flops
+        return cost.eflops(flops, sum(cost.pass_bytes(p) for p in passes))
+
+    def debit_score(self, *, tokens: int, passes: Sequence[ModelPass] = ()) -> None:
+        """What a score call spent: reward-model tokens, and the FLOPs and bytes of its
+        passes on the reward model's own shape."""
         self.spent.reward_calls += 1
         self.spent.reward_tokens += tokens
+        if passes and self.reward_cost.known:
+            cost = self.reward_cost
+            flops = sum(cost.pass_flops(p) for p in passes)
+            moved = sum(cost.pass_bytes(p) for p in passes)
+            self.spent.flops += flops
+            self.spent.bytes += moved
+            self.spent.eflops += cost.eflops(flops, moved)
 
     def close(self) -> Spent:
         self.spent.seconds = self.elapsed()

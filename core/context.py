@@ -9,6 +9,7 @@ created: the search tree that the store persists.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import random
 import time
@@ -17,6 +18,7 @@ from statistics import fmean
 from typing import Any, cast
 
 from ttc.budget import Ledger
+from ttc.cost import CostModel
 from ttc.errors import BackendError, BudgetExceeded, ConfigError
 from ttc.interfaces import Task
 from ttc.scheduler import Scheduler
@@ -25,6 +27,7 @@ from ttc.types import (
     CallRecord,
     GenerateRequest,
     Generation,
+    ModelPass,
     Problem,
     Sampling,
     ScoreRequest,
@@ -67,6 +70,10 @@ class SolveContext:
         self.prompt_ids = tuple(prompt_ids)
         self.scheduler = scheduler
         self.ledger = ledger
+        reward = scheduler.reward
+        if reward is not None and not ledger.reward_cost.known:
+            # the reward model's FLOPs are charged at its own shape (known once started)
+            ledger.reward_cost = CostModel(reward.architecture, hw=ledger.cost.hw)
         self.task = task
         self.aggregate_how = aggregate
         self.rng = random.Random(f"{seed}:{problem.id}")
@@ -116,8 +123,11 @@ class SolveContext:
         base = len(self.prompt_ids)
         prompt_lens = [base + len(b.token_ids) for b in branches]
         sequences = len(branches) * sampling.n
+        per_sample = self.scheduler.backend.prompt_tokens_per_sample
         try:
-            allowed = self.ledger.authorize_generate(prompt_lens, sampling.n, sampling.max_tokens)
+            allowed = self.ledger.authorize_generate(
+                prompt_lens, sampling.n, sampling.max_tokens, per_sample=per_sample
+            )
         except BudgetExceeded as exc:
             self._record("generate", "refused", len(branches), sequences, error=str(exc))
             raise
@@ -158,6 +168,7 @@ class SolveContext:
                 prompt_len=plen,
                 computed_prompt=usage.computed_prompt_tokens,
                 completion_lens=lens,
+                prefills=len(lens) if per_sample else 1,
             )
             bytes_moved += sum(
                 cost.decode_bytes(n, context_before=plen, batch=max(out.batch_size, 1))
@@ -213,9 +224,14 @@ class SolveContext:
         """Score branches with the reward model; store per-step scores on each branch and
         return one aggregated score per branch (see `reward.aggregate`). Steps scored by an
         earlier call are passed as already scored, so incremental reward models score only
-        the new ones. A branch whose scoring fails keeps `score = None` (it ranks last; its
-        score in the returned list is -inf) and the failure is recorded."""
-        if not self.has_reward:
+        the new ones. The call is authorised against the reward model's worst case
+        (`RewardModel.worst_case`) where `reward_tokens`, `flops` or `eflops` is enforced,
+        and its passes' FLOPs are charged from the reward model's own shape. A branch whose
+        scoring fails keeps `score = None` (it ranks last; its score in the returned list is
+        -inf) and the failure is recorded; when every branch fails, `BackendError` is
+        raised."""
+        reward = self.scheduler.reward
+        if reward is None:
             raise ConfigError(
                 "this strategy scores branches but no reward model is configured",
                 key="reward",
@@ -223,11 +239,6 @@ class SolveContext:
             )
         if not branches:
             return []
-        try:
-            self.ledger.authorize_score(len(branches))
-        except BudgetExceeded as exc:
-            self._record("score", "refused", len(branches), len(branches), error=str(exc))
-            raise
         requests = [
             ScoreRequest(
                 problem=self.problem,
@@ -241,11 +252,20 @@ class SolveContext:
             )
             for b in branches
         ]
+        worst = None
+        if self.ledger.bounds_score_work:  # tokenising for the bound is not free: only then
+            worst = await asyncio.to_thread(reward.worst_case, requests)
+        try:
+            self.ledger.authorize_score(worst)
+        except BudgetExceeded as exc:
+            self._record("score", "refused", len(branches), len(branches), error=str(exc))
+            raise
         t0 = time.perf_counter()
         outcomes = await self.scheduler.score(requests)
         latency = time.perf_counter() - t0
         scores: list[float] = []
         tokens = batch = 0
+        passes: list[ModelPass] = []
         errors: list[str] = []
         for b, out in zip(branches, outcomes, strict=True):
             if isinstance(out, BaseException):
@@ -256,11 +276,13 @@ class SolveContext:
                 continue
             batch = max(batch, out.batch_size)
             tokens += out.result.tokens
+            passes.extend(out.result.passes)
             b.step_scores = tuple(out.result.step_scores)
             b.score = aggregate(b.step_scores, self.aggregate_how)
             b.score_error = None
             scores.append(-math.inf if b.score is None else b.score)
-        self.ledger.debit_score(tokens=tokens)
+        flops_before = self.ledger.spent.flops
+        self.ledger.debit_score(tokens=tokens, passes=passes)
         self._record(
             "score",
             "ok" if not errors else "error",
@@ -268,9 +290,12 @@ class SolveContext:
             len(branches),
             batch_size=batch,
             reward_tokens=tokens,
+            flops=self.ledger.spent.flops - flops_before,
             latency_s=latency,
             error="; ".join(errors[:3]) or None,
         )
+        if len(errors) == len(branches):
+            raise BackendError(f"every request of the score call failed: {errors[0]}")
         return scores
 
     # -- answers ----------------------------------------------------------------------

@@ -35,9 +35,14 @@ in their docstring, and `CostModel.report` returns `Figure`s (value and unit).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from ttc.types import ModelArchitecture
+from ttc.types import ModelArchitecture, ModelPass
+
+if TYPE_CHECKING:
+    from ttc.interfaces import Backend, RewardModel
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,14 +157,46 @@ class CostModel:
         return self.forward_flops(n_tokens, context_before=context_before)
 
     def generation_flops(
-        self, *, prompt_len: int, computed_prompt: int, completion_lens: list[int]
+        self,
+        *,
+        prompt_len: int,
+        computed_prompt: int,
+        completion_lens: Sequence[int],
+        prefills: int = 1,
     ) -> float:
-        """FLOPs of one request: the computed (uncached) suffix of the prompt is prefilled
-        once, then every sample decodes its completion on top of the full prompt."""
-        flops = self.prefill_flops(computed_prompt, context_before=prompt_len - computed_prompt)
+        """FLOPs of one request: `computed_prompt` uncached prompt tokens are prefilled,
+        then every sample decodes its completion on top of the full prompt.
+
+        `prefills` is how many sequences computed those tokens: 1 where the samples share
+        one prefill, `n` where every sample is its own engine sequence
+        (`Backend.prompt_tokens_per_sample`; `computed_prompt` may then reach
+        `n * prompt_len`). The computed tokens are spread evenly over the prefills, each
+        on top of the rest of its prompt from the cache (never a negative context)."""
+        prefills = max(prefills, 1)
+        share, extra = divmod(max(computed_prompt, 0), prefills)
+        flops = 0.0
+        for size, count in ((share + 1, extra), (share, prefills - extra)):
+            tokens = min(size, prompt_len)
+            if count and tokens > 0:
+                flops += count * self.prefill_flops(tokens, context_before=prompt_len - tokens)
         for n in completion_lens:
             flops += self.decode_flops(n, context_before=prompt_len)
         return flops
+
+    def pass_flops(self, p: ModelPass) -> float:
+        """FLOPs of one model pass (prefill of its uncached prompt, then its decode)."""
+        return self.generation_flops(
+            prompt_len=p.prompt,
+            computed_prompt=p.prompt - p.cached,
+            completion_lens=[p.decode] if p.decode else [],
+        )
+
+    def pass_bytes(self, p: ModelPass) -> float:
+        """Bytes one model pass moves (its prefill forward, then its decode alone)."""
+        computed = p.prompt - p.cached
+        return self.prefill_bytes(computed, context_before=p.cached) + self.decode_bytes(
+            p.decode, context_before=p.prompt
+        )
 
     # -- bytes ------------------------------------------------------------------------
     def weight_bytes(self) -> float:
@@ -219,3 +256,62 @@ class CostModel:
             "eflops": Figure(self.eflops(pf + df, pb + db), "eFLOPs"),
             "intensity": Figure(self.hw.intensity, f"FLOPs/byte ({self.hw.name})"),
         }
+
+
+def check_measurable(
+    limits: dict[str, float | None],
+    *,
+    backend: Backend,
+    reward: RewardModel | None,
+) -> None:
+    """Fail at run start, in one line, when a budget enforces a unit this configuration
+    cannot measure (it would otherwise be silently ignored or overspent): `flops` and
+    `eflops` need the policy's shape and, where the reward model computes, its shape;
+    `reward_tokens`, `flops` and `eflops` need a reward model that bounds its calls
+    (`RewardModel.worst_case`). Call it after the backend and reward model started."""
+    from ttc.errors import ConfigError
+
+    enforced = [unit for unit, limit in limits.items() if limit is not None]
+    for unit in ("flops", "eflops"):
+        if unit not in enforced:
+            continue
+        if backend.architecture is None:
+            fix = (
+                "set backend.tokenizer=<the served model's spec> (its config.json gives the shape)"
+                if hasattr(backend.config, "tokenizer")
+                else "use a backend that reports its model's architecture"
+            )
+            raise ConfigError(
+                f"budget.{unit} is set but backend '{backend.name}' does not know its model's "
+                f"shape, so its FLOPs cannot be counted; {fix}, or remove budget.{unit}",
+                key=f"budget.{unit}",
+            )
+    if reward is None:
+        return
+    bound = reward.worst_case(())
+    for unit in ("reward_tokens", "flops", "eflops"):
+        if unit not in enforced:
+            continue
+        if bound is None:
+            raise ConfigError(
+                f"budget.{unit} is set but reward '{reward.name}' cannot bound what a score "
+                f"call spends (RewardModel.worst_case); remove budget.{unit}",
+                key=f"budget.{unit}",
+            )
+        if unit != "reward_tokens" and reward.architecture is None and _computes(reward):
+            raise ConfigError(
+                f"budget.{unit} is set but reward '{reward.name}' does not know its model's "
+                f"shape, so its FLOPs cannot be counted; remove budget.{unit}",
+                key=f"budget.{unit}",
+            )
+
+
+def _computes(reward: RewardModel) -> bool:
+    """Whether a reward model runs a model (its worst case for one step is not empty)."""
+    from ttc.types import Problem, ScoreRequest
+
+    probe = ScoreRequest(problem=Problem(id="probe", prompt="1 + 1?"), prompt="", steps=("2",))
+    try:
+        return bool(reward.worst_case([probe]))
+    except Exception:
+        return True

@@ -17,6 +17,7 @@ from ttc.types import (
     GenerateRequest,
     GenerateResult,
     ModelArchitecture,
+    ModelPass,
     Problem,
     ScoreRequest,
     ScoreResult,
@@ -39,6 +40,11 @@ class Backend(abc.ABC):
 
     name: ClassVar[str] = ""
     batches_itself: ClassVar[bool] = False
+    prompt_tokens_per_sample: ClassVar[bool] = False
+    """How `Usage.prompt_tokens` counts a request of `n` samples: once (False: the samples
+    share one prefill, e.g. `hf`, an OpenAI-compatible server) or once per sample (True:
+    every sample is its own engine sequence, e.g. `vllm`; prefix-cache hits then appear
+    in `cached_prompt_tokens`). The ledger's worst case follows it."""
 
     def __init__(self, config: Any) -> None:
         self.config = config
@@ -98,6 +104,19 @@ class RewardModel(abc.ABC):
 
     def __init__(self, config: Any) -> None:
         self.config = config
+
+    @property
+    def architecture(self) -> ModelArchitecture | None:
+        """The shape of the model that scores (its FLOPs are charged to the problem's
+        `flops`/`eflops`); None when it runs no model or its shape is unknown."""
+        return None
+
+    def worst_case(self, requests: Sequence[ScoreRequest]) -> list[ModelPass] | None:
+        """The most scoring `requests` may compute, as model passes with nothing cached
+        (the ledger authorises the call against it, before the call, like a generate
+        call's worst case); `[]` for rewards that run no model. None: it cannot tell, and
+        a run limiting `reward_tokens`, `flops` or `eflops` fails at its start."""
+        return None
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Load the model. Called once before the first request."""

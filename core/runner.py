@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from ttc.budget import Budget, Ledger
 from ttc.config import StoreConfig, instantiate_config, to_object, validate
 from ttc.context import SolveContext, run_strategy
-from ttc.cost import CostModel
+from ttc.cost import CostModel, check_measurable
 from ttc.errors import ConfigError, DataError
 from ttc.interfaces import Allocator, Backend, RewardModel, Strategy, Task
 from ttc.registry import Registry, get_registry
@@ -259,6 +259,9 @@ class Runner:
             await parts.backend.start()
             if parts.reward is not None:
                 await parts.reward.start()
+            check_measurable(
+                parts.allocator.budget.limits(), backend=parts.backend, reward=parts.reward
+            )
             scheduler = Scheduler(
                 parts.backend,
                 parts.reward,

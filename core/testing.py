@@ -35,6 +35,7 @@ from ttc.types import (
     GenerateResult,
     Generation,
     ModelArchitecture,
+    ModelPass,
     Problem,
     ScoreRequest,
     ScoreResult,
@@ -205,7 +206,36 @@ class SyntheticRewardConfig(RewardConfig):
     tokens_per_step: int = bounded(5, ge=0)
 
 
-class SyntheticReward(RewardModel):
+REWARD_DOUBLE_ARCH = ModelArchitecture(
+    params=500_000, layers=2, hidden=64, heads=2, kv_heads=2, vocab=256
+)
+"""The shape the reward doubles charge their FLOPs at (unlike the scripted policy's)."""
+
+
+class StepReadingReward(RewardModel):
+    """Base of the reward doubles: reading the steps a request has not had scored costs
+    `config.tokens_per_step` tokens each, in one pass of a small model
+    (`REWARD_DOUBLE_ARCH`); that is also the call's worst case."""
+
+    @property
+    def architecture(self) -> ModelArchitecture:
+        return REWARD_DOUBLE_ARCH
+
+    def step_pass(self, request: ScoreRequest) -> ModelPass:
+        new = len(request.steps) - request.scored_steps
+        return ModelPass(prompt=new * int(self.config.tokens_per_step))
+
+    def worst_case(self, requests: Sequence[ScoreRequest]) -> list[ModelPass]:
+        return [self.step_pass(r) for r in requests]
+
+    def result(self, request: ScoreRequest, scores: Sequence[float]) -> ScoreResult:
+        p = self.step_pass(request)
+        return ScoreResult(
+            step_scores=tuple(scores), tokens=p.tokens, passes=(p,) if p.tokens else ()
+        )
+
+
+class SyntheticReward(StepReadingReward):
     name = "synthetic"
 
     def score_batch(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
@@ -221,10 +251,7 @@ class SyntheticReward(RewardModel):
                     good = "hmm" not in s
                 value = (0.9 if good else 0.1) + rng.gauss(0, self.config.noise)
                 scores.append(min(max(value, 0.0), 1.0))
-            new = len(r.steps) - r.scored_steps
-            out.append(
-                ScoreResult(step_scores=tuple(scores), tokens=new * self.config.tokens_per_step)
-            )
+            out.append(self.result(r, scores))
         return out
 
 

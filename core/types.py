@@ -131,11 +131,33 @@ class ScoreRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class ModelPass:
+    """One sequence a model runs (or, in a worst case, may run): `prompt` tokens of which
+    `cached` come from a prefix cache (their KV is not computed), then `decode` tokens
+    generated one by one. Reward models describe their work in these, so the ledger can
+    authorise a score call against its worst case and charge its FLOPs from the reward
+    model's own shape (see `CostModel.pass_flops`)."""
+
+    prompt: int
+    cached: int = 0
+    decode: int = 0
+
+    @property
+    def tokens(self) -> int:
+        """Tokens the model computes: the uncached prompt plus the decoded ones."""
+        return self.prompt - self.cached + self.decode
+
+
+@dataclass(frozen=True, slots=True)
 class ScoreResult:
-    """One score per step in `[0, 1]` (higher is better) and the reward-model tokens used."""
+    """One score per step in `[0, 1]` (higher is better) and the reward-model tokens used.
+
+    `passes` are the sequences the reward model ran for this request (empty for rewards
+    that run no model); when given, `tokens` is the sum of their `tokens`."""
 
     step_scores: tuple[float, ...]
     tokens: int = 0
+    passes: tuple[ModelPass, ...] = ()
 
 
 @dataclass(slots=True)

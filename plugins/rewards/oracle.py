@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from ttc.config import RewardConfig, bounded
 from ttc.interfaces import RewardModel
 from ttc.plugins import verifier
-from ttc.types import ScoreRequest, ScoreResult
+from ttc.types import ModelPass, ScoreRequest, ScoreResult
 
 
 @dataclass
@@ -30,6 +30,9 @@ class OracleRewardConfig(RewardConfig):
 class OracleReward(RewardModel):
     name = "oracle"
     is_oracle = True
+
+    def worst_case(self, requests: Sequence[ScoreRequest]) -> list[ModelPass]:
+        return []  # runs no model
 
     def score_batch(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
         out = []

@@ -26,7 +26,7 @@ from ttc.plugins.rewards.common import (
     pad_id,
     question_of,
 )
-from ttc.types import ScoreRequest, ScoreResult
+from ttc.types import ModelArchitecture, ModelPass, ScoreRequest, ScoreResult
 
 
 @dataclass
@@ -53,6 +53,7 @@ class OutcomeRewardModel(RewardModel):
         self.tokenizer: Any = None
         self.device: Any = None
         self.scores = ScoreCache()
+        self._arch: ModelArchitecture | None = None
         self._lock = threading.Lock()
 
     async def start(self) -> None:
@@ -74,8 +75,11 @@ class OutcomeRewardModel(RewardModel):
         self.attach(model, tokenizer)
 
     def attach(self, model: Any, tokenizer: Any) -> None:
+        from ttc.backends.models import architecture_of
+
         self.model, self.tokenizer = model, tokenizer
         self.device = next(model.parameters()).device
+        self._arch = architecture_of(model.config, model)
 
     async def close(self) -> None:
         self.model = None
@@ -93,11 +97,15 @@ class OutcomeRewardModel(RewardModel):
             ids = list(tok(f"{question}\n\n{solution}")["input_ids"])
         return ids[-self.config.max_length :]
 
-    def score_batch(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
-        import torch
+    @property
+    def architecture(self) -> ModelArchitecture | None:
+        """The ORM's own shape (known once loaded)."""
+        return self._arch
 
-        if self.model is None:
-            self.load()
+    def _plan(
+        self, requests: Sequence[ScoreRequest]
+    ) -> tuple[list[list[str]], dict[str, list[int]]]:
+        """Each request's prefix keys, and the solutions not yet scored (key -> ids)."""
         q = [question_of(r.problem) for r in requests]
         prefix_keys = [
             [digest(qq, "".join(r.steps[: k + 1])) for k in range(len(r.steps))]
@@ -107,6 +115,21 @@ class OutcomeRewardModel(RewardModel):
         for qq, r, keys in zip(q, requests, prefix_keys, strict=True):
             if keys and self.scores.get(keys[-1]) is None and keys[-1] not in todo:
                 todo[keys[-1]] = self.text_ids(qq, "".join(r.steps))
+        return prefix_keys, todo
+
+    def worst_case(self, requests: Sequence[ScoreRequest]) -> list[ModelPass]:
+        """One whole pass per solution not scored yet."""
+        if self.model is None:
+            self.load()
+        _, todo = self._plan(requests)
+        return [ModelPass(prompt=len(ids)) for ids in todo.values()]
+
+    def score_batch(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
+        import torch
+
+        if self.model is None:
+            self.load()
+        prefix_keys, todo = self._plan(requests)
         tokens: dict[str, int] = {}
         if todo:
             with self._lock, torch.inference_mode():
@@ -126,7 +149,9 @@ class OutcomeRewardModel(RewardModel):
             scores = tuple(
                 last if (v := self.scores.get(k)) is None else float(v) for k in keys[:-1]
             )
-            out.append(ScoreResult(step_scores=(*scores, last), tokens=tokens.pop(keys[-1], 0)))
+            n = tokens.pop(keys[-1], 0)
+            passes = (ModelPass(prompt=n),) if n else ()
+            out.append(ScoreResult(step_scores=(*scores, last), tokens=n, passes=passes))
         return out
 
     def _forward(self, batch: list[list[int]]) -> list[float]:

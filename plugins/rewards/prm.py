@@ -47,7 +47,7 @@ from ttc.plugins.rewards.common import (
     question_of,
     token_id,
 )
-from ttc.types import ScoreRequest, ScoreResult
+from ttc.types import ModelArchitecture, ModelPass, ScoreRequest, ScoreResult
 
 if TYPE_CHECKING:
     import torch
@@ -227,6 +227,7 @@ class ProcessRewardModel(RewardModel):
         self.device: Any = None
         self.scores = ScoreCache()
         self.prefix_cache: Any = None
+        self._arch: ModelArchitecture | None = None
         self._lock = threading.Lock()
 
     # -- loading ----------------------------------------------------------------------
@@ -271,6 +272,9 @@ class ProcessRewardModel(RewardModel):
         else:
             readout = _value_head(model, model_dir)
         self.family, self.model, self.base, self.readout = family, model, base, readout
+        from ttc.backends.models import architecture_of
+
+        self._arch = architecture_of(model.config, model)
         self.device = next(model.parameters()).device
         from ttc.backends.hf import PrefixCache
 
@@ -286,36 +290,63 @@ class ProcessRewardModel(RewardModel):
         assert self.family is not None
         return self.family.layout(question_of(request.problem), request.steps)
 
-    def score_batch(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
-        import torch
+    @property
+    def architecture(self) -> ModelArchitecture | None:
+        """The PRM's own shape (known once loaded)."""
+        return self._arch
 
-        if self.model is None:
-            self.load()
-        layouts = [self.layout(r) for r in requests]
-        keys = [[digest(lay.ids[: p + 1]) for p in lay.positions] for lay in layouts]
-        # Which sequences must run, and from which token on.
-        jobs: dict[tuple[int, ...], int] = {}  # ids -> first position needing a score
+    def _jobs(
+        self, layouts: Sequence[Layout], keys: Sequence[Sequence[str]]
+    ) -> dict[tuple[int, ...], int]:
+        """The sequences that must run (some step lacks a cached score), each with the
+        first position needing a score."""
+        jobs: dict[tuple[int, ...], int] = {}
         for lay, ks in zip(layouts, keys, strict=True):
             pairs = zip(lay.positions, ks, strict=True)
             missing = [p for p, k in pairs if self.scores.get(k) is None]
             if missing:
                 jobs[lay.ids] = min(jobs.get(lay.ids, missing[0]), missing[0])
-        computed: dict[tuple[int, ...], int] = {}
+        return jobs
+
+    def _plan(
+        self, requests: Sequence[ScoreRequest]
+    ) -> tuple[list[Layout], list[list[str]], dict[tuple[int, ...], int]]:
+        layouts = [self.layout(r) for r in requests]
+        keys = [[digest(lay.ids[: p + 1]) for p in lay.positions] for lay in layouts]
+        return layouts, keys, self._jobs(layouts, keys)
+
+    def worst_case(self, requests: Sequence[ScoreRequest]) -> list[ModelPass]:
+        """Every sequence with an unscored step, run whole (its KV prefix may be gone)."""
+        if self.model is None:
+            self.load()
+        _, _, jobs = self._plan(requests)
+        return [ModelPass(prompt=len(ids)) for ids in jobs]
+
+    def score_batch(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
+        import torch
+
+        if self.model is None:
+            self.load()
+        layouts, keys, jobs = self._plan(requests)
+        computed: dict[tuple[int, ...], ModelPass] = {}
         if jobs:
             with self._lock, torch.inference_mode():
                 computed = self._run(jobs, {lay.ids: lay for lay in layouts})
         out = []
         for lay, ks in zip(layouts, keys, strict=True):
             scores = tuple(float(self.scores.get(k) or 0.0) for k in ks)
-            tokens = computed.pop(lay.ids, 0)  # a sequence's cost is reported once
-            out.append(ScoreResult(step_scores=scores, tokens=tokens))
+            done = computed.pop(lay.ids, None)  # a sequence's cost is reported once
+            passes = () if done is None else (done,)
+            out.append(
+                ScoreResult(step_scores=scores, tokens=sum(p.tokens for p in passes), passes=passes)
+            )
         return out
 
     def _run(
         self, jobs: dict[tuple[int, ...], int], layouts: dict[tuple[int, ...], Layout]
-    ) -> dict[tuple[int, ...], int]:
+    ) -> dict[tuple[int, ...], ModelPass]:
         """Run every job's sequence from its cached prefix; store its step scores.
-        Returns the tokens computed per sequence."""
+        Returns the pass each sequence took (its length, and how much came cached)."""
         hits = {ids: self.prefix_cache.lookup(ids, limit=first) for ids, first in jobs.items()}
         order = sorted(jobs, key=lambda ids: len(ids) - hits[ids][0])
         groups: list[list[tuple[int, ...]]] = [[]]
@@ -328,12 +359,12 @@ class ProcessRewardModel(RewardModel):
             ):
                 groups.append(group := [])
             group.append(ids)
-        computed = {}
+        computed: dict[tuple[int, ...], ModelPass] = {}
         for group in groups:
             hidden, kvs = self._forward([(ids, *hits[ids]) for ids in group])
             for ids, h, kv in zip(group, hidden, kvs, strict=True):
                 cached = hits[ids][0]
-                computed[ids] = len(ids) - cached
+                computed[ids] = ModelPass(prompt=len(ids), cached=cached)
                 lay = layouts[ids]
                 rows = [p for p in lay.positions if p >= cached]
                 values = self._read(h[[p - cached for p in rows]])

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from ttc.config import RewardConfig, bounded
 from ttc.interfaces import RewardModel
 from ttc.plugins.tasks.arith import check_steps
-from ttc.types import ScoreRequest, ScoreResult
+from ttc.types import ModelPass, ScoreRequest, ScoreResult
 
 
 @dataclass
@@ -25,6 +25,9 @@ class RuleRewardConfig(RewardConfig):
 
 class RuleReward(RewardModel):
     name = "rule"
+
+    def worst_case(self, requests: Sequence[ScoreRequest]) -> list[ModelPass]:
+        return []  # runs no model
 
     def score_batch(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
         return [

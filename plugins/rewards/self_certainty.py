@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from ttc.config import RewardConfig, bounded
 from ttc.interfaces import RewardModel
-from ttc.types import ScoreRequest, ScoreResult
+from ttc.types import ModelPass, ScoreRequest, ScoreResult
 
 
 @dataclass
@@ -72,6 +72,9 @@ def step_confidence(
 class SelfCertainty(RewardModel):
     name = "self_certainty"
     needs_logprobs = True
+
+    def worst_case(self, requests: Sequence[ScoreRequest]) -> list[ModelPass]:
+        return []  # runs no model
 
     def score_batch(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
         out = []

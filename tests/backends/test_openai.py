@@ -451,3 +451,14 @@ def test_a_run_completes_through_injected_failures_and_never_stores_the_key(
 def test_the_key_cannot_be_put_in_the_config(server: FakeServer, store_url: str) -> None:
     with pytest.raises(ConfigError, match="api_key"):
         Runner(compose(_overrides(server, store_url, f"backend.api_key={SECRET}"))).run()
+
+
+@pytest.mark.parametrize("unit", ["flops", "eflops"])
+def test_a_flops_limit_without_the_models_shape_fails_at_start_naming_the_fix(
+    server: FakeServer, store_url: str, unit: str
+) -> None:
+    cfg = compose(_overrides(server, store_url, f"budget.{unit}=1e12", "task.n_problems=2"))
+    with pytest.raises(ConfigError, match="backend.tokenizer") as info:
+        Runner(cfg).run()
+    assert "\n" not in str(info.value) and f"budget.{unit}" in str(info.value)
+    assert server.served == 0  # refused before any problem was solved

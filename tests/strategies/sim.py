@@ -37,6 +37,7 @@ from ttc.cost import CostModel
 from ttc.errors import BackendError
 from ttc.interfaces import Backend, RewardModel, Strategy, Task
 from ttc.scheduler import Scheduler
+from ttc.testing import StepReadingReward
 from ttc.types import (
     GenerateRequest,
     GenerateResult,
@@ -223,7 +224,7 @@ def _unit(*key: object) -> random.Random:
     return random.Random(zlib.crc32("|".join(map(str, key)).encode()))
 
 
-class SimReward(RewardModel):
+class SimReward(StepReadingReward):
     name = "sim"
 
     def step_score(self, problem: Problem, text: str) -> float:
@@ -247,8 +248,7 @@ class SimReward(RewardModel):
             if self.config.fail_on and req.steps and self.config.fail_on in req.steps[-1]:
                 raise RuntimeError("sim: injected reward failure")
             scores = tuple(self.step_score(req.problem, s) for s in req.steps)
-            new = len(req.steps) - req.scored_steps
-            out.append(ScoreResult(step_scores=scores, tokens=new * self.config.tokens_per_step))
+            out.append(self.result(req, scores))
         return out
 
 
