@@ -458,7 +458,7 @@ def test_a_flops_limit_without_the_models_shape_fails_at_start_naming_the_fix(
     server: FakeServer, store_url: str, unit: str
 ) -> None:
     cfg = compose(_overrides(server, store_url, f"budget.{unit}=1e12", "task.n_problems=2"))
-    with pytest.raises(ConfigError, match="backend.tokenizer") as info:
+    with pytest.raises(ConfigError, match=r"backend\.tokenizer") as info:
         Runner(cfg).run()
     assert "\n" not in str(info.value) and f"budget.{unit}" in str(info.value)
     assert server.served == 0  # refused before any problem was solved
