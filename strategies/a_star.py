@@ -34,7 +34,7 @@ from ttc.config import StrategyConfig, bounded
 from ttc.context import SolveContext
 from ttc.errors import BackendError, BudgetExceeded
 from ttc.interfaces import Strategy
-from ttc.strategies.common import STOPS, ended_by, mark_steps, solution, step_sampling
+from ttc.strategies.common import ended_by, mark_steps, solution, step_sampling
 from ttc.types import Branch, Problem, Solution
 
 MAX_FAILED_CALLS = 3
@@ -143,13 +143,21 @@ class AStar(Strategy):
             except BudgetExceeded as exc:
                 stop = ended_by(ctx, exc)
                 break
-            failures = 0
             mark_steps(children)
             try:
                 await ctx.score(children)
-            except STOPS as exc:
+            except BackendError as exc:
+                # Every child's scoring failed: none is a candidate (see below), and the
+                # rest of the queue is still worth searching, unless the reward model is gone.
+                failures += 1
+                if failures >= MAX_FAILED_CALLS:
+                    stop = ended_by(ctx, exc)
+                    break
+            except BudgetExceeded as exc:
                 stop = ended_by(ctx, exc)
                 break
+            else:
+                failures = 0
             expanded += len(batch)
             for b in batch:
                 b.extra["expanded"] = True
