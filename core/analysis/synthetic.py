@@ -217,9 +217,9 @@ class SyntheticEnv:
                     )
                 )
             for b in leaves:
-                b.extra["score"] = float(np.clip(rng.normal(0.6, self.noise), 0, 1))
-                b.step_scores = (b.extra["score"],)
-            chosen = max(leaves, key=lambda b: b.extra["score"])
+                b.score = float(np.clip(rng.normal(0.6, self.noise), 0, 1))
+                b.step_scores = (b.score,)
+            chosen = max(leaves, key=lambda b: b.score or 0.0)
             samples, tokens = width * depth, width * depth * 60
         else:
             leaves = []
@@ -234,7 +234,7 @@ class SyntheticEnv:
                     answer=answer,
                     finish_reason="eos",
                 )
-                b.extra["score"] = score
+                b.score = score
                 b.step_scores = (score,)
                 leaves.append(b)
             votes = Counter(b.answer for b in leaves)
@@ -244,10 +244,10 @@ class SyntheticEnv:
             elif strategy == "best_of_majority":
                 frequent = {a for a, c in votes.items() if c >= max(2, votes[top] // 2)} or {top}
                 chosen = max(
-                    (b for b in leaves if b.answer in frequent), key=lambda b: b.extra["score"]
+                    (b for b in leaves if b.answer in frequent), key=lambda b: b.score or 0.0
                 )
             else:
-                chosen = max(leaves, key=lambda b: b.extra["score"])
+                chosen = max(leaves, key=lambda b: b.score or 0.0)
             samples, tokens = n, sum(b.new_tokens for b in leaves)
         chosen.selected = True
         samples += probe
