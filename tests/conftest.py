@@ -16,6 +16,16 @@ ROOT = TESTS_DIR.parent
 # The spine tests drive ttc with the test doubles in tests/doubles.py, loaded as a plugin.
 os.environ["TTC_PLUGIN_MODULES"] = "doubles"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Without CUDA the kernel tests (tests/kernels) run the Triton kernels in Triton's CPU
+# interpreter; `@triton.jit` reads the variable when a kernel is defined, so it is set
+# here, before any test module imports ttc.kernels. (Not in a tests/kernels/conftest.py:
+# pytest imports every conftest.py as the module `conftest`, and a second one would
+# shadow this one for the `from conftest import ...` of test modules collected later.)
+if os.environ.get("TRITON_INTERPRET") is None:
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ["TRITON_INTERPRET"] = "1"
 if str(TESTS_DIR) not in sys.path:
     sys.path.insert(0, str(TESTS_DIR))
 

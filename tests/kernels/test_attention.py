@@ -8,7 +8,9 @@ import math
 import pytest
 import torch
 
-from conftest import CUDA
+from _device import CUDA, DEVICE
+
+device = DEVICE
 
 TOL = {torch.float32: 2e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}
 
@@ -48,7 +50,7 @@ GQA_SHAPES = [(6, 8, 8, 64, 77, 13), (6, 16, 4, 64, 77, 13), (6, 32, 4, 64, 77, 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("shape", SHAPES + GQA_SHAPES, ids=lambda s: "x".join(map(str, s)))
-def test_shared_prefix_kernel_matches_reference(shape, dtype, device) -> None:
+def test_shared_prefix_kernel_matches_reference(shape, dtype) -> None:
     from ttc.kernels.attention import shared_prefix_attention
 
     rows, q_heads, kv_heads, dim, prefix, suffix = shape
@@ -82,7 +84,7 @@ def test_reference_is_ordinary_attention_over_the_duplicated_prefix() -> None:
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_two_level_tree_matches_reference_and_flat_attention(dtype, device) -> None:
+def test_two_level_tree_matches_reference_and_flat_attention(dtype) -> None:
     from ttc.kernels.attention import KVLevel, cascade_attention, tree_attention
 
     torch.manual_seed(1)
@@ -119,7 +121,7 @@ def test_two_level_tree_matches_reference_and_flat_attention(dtype, device) -> N
     torch.testing.assert_close(got.float(), plain.float(), atol=TOL[dtype], rtol=TOL[dtype])
 
 
-def test_long_prefix_splits_merge_by_log_sum_exp(device) -> None:
+def test_long_prefix_splits_merge_by_log_sum_exp() -> None:
     """A prefix long enough to be split over several programs."""
     from ttc.kernels.attention import shared_prefix_attention
 

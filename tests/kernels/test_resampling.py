@@ -5,14 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import CUDA
+from _device import CUDA, DEVICE
+
+device = DEVICE
 
 SIZES = [(1, 1, 1), (3, 5, 5), (4, 33, 17), (2, 200, 300), (5, 7, 64)]
 
 
 @pytest.mark.parametrize("scheme", ["systematic", "residual"])
 @pytest.mark.parametrize("problems,particles,n", SIZES)
-def test_kernel_matches_reference(problems, particles, n, scheme, device) -> None:
+def test_kernel_matches_reference(problems, particles, n, scheme) -> None:
     from ttc.kernels.resampling import resample
 
     gen = torch.Generator().manual_seed(particles * 7 + n)

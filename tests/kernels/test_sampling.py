@@ -9,7 +9,9 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from conftest import CUDA
+from _device import CUDA, DEVICE
+
+device = DEVICE
 
 
 @dataclass
@@ -56,7 +58,7 @@ MIXED = [
 
 
 @pytest.mark.parametrize("vocab", [1, 7, 1000, 4099, 49152])
-def test_kernel_follows_the_reference_cdf_and_logprobs(vocab: int, device: str) -> None:
+def test_kernel_follows_the_reference_cdf_and_logprobs(vocab: int) -> None:
     from ttc.kernels.sampling import sample
 
     gen = torch.Generator().manual_seed(vocab)
@@ -72,7 +74,7 @@ def test_kernel_follows_the_reference_cdf_and_logprobs(vocab: int, device: str) 
 
 
 @pytest.mark.parametrize("vocab", [262144])
-def test_kernel_on_the_largest_vocabulary(vocab: int, device: str) -> None:
+def test_kernel_on_the_largest_vocabulary(vocab: int) -> None:
     from ttc.kernels.sampling import sample
 
     gen = torch.Generator().manual_seed(5)
@@ -85,7 +87,7 @@ def test_kernel_on_the_largest_vocabulary(vocab: int, device: str) -> None:
     _assert_follows_cdf(logits, params, uniforms, tokens, tol=1e-4)
 
 
-def test_without_filters_kernel_and_reference_pick_the_same_tokens(device: str) -> None:
+def test_without_filters_kernel_and_reference_pick_the_same_tokens() -> None:
     from ttc.kernels.sampling import sample
 
     gen = torch.Generator().manual_seed(11)
@@ -132,7 +134,7 @@ def _unambiguous_rows(logits: torch.Tensor) -> list[Row]:
 
 
 @pytest.mark.parametrize("impl", ["triton", "reference"])
-def test_filters_never_emit_an_excluded_token(impl: str, device: str) -> None:
+def test_filters_never_emit_an_excluded_token(impl: str) -> None:
     from ttc.kernels.sampling import sample
 
     gen = torch.Generator().manual_seed(3)
@@ -181,9 +183,7 @@ def _chi2_p_value(counts: torch.Tensor, probs: torch.Tensor) -> float:
     [Row(temperature=0.8), Row(top_k=4, top_p=0.9, min_p=0.02), Row(temperature=1.5, top_p=0.7)],
     ids=["temperature", "all-filters", "top-p"],
 )
-def test_empirical_distribution_matches_the_reference(
-    impl: str, draws: int, row: Row, device: str
-) -> None:
+def test_empirical_distribution_matches_the_reference(impl: str, draws: int, row: Row) -> None:
     from ttc.kernels.sampling import distribution, draw_uniforms, sample
 
     logits = torch.tensor([2.0, 1.5, 1.4, 0.3, 0.0, -0.5, -1.0, -3.0], device=device)
@@ -212,7 +212,7 @@ def test_chi2_check_rejects_a_wrong_distribution() -> None:
     assert _chi2_p_value(torch.bincount(tokens, minlength=8), probs) < CHI2_ALPHA
 
 
-def test_a_row_samples_the_same_token_alone_or_in_any_batch(device: str) -> None:
+def test_a_row_samples_the_same_token_alone_or_in_any_batch() -> None:
     """Per-row determinism of the kernel: a row's token depends only on its logits,
     parameters and uniform, not on its neighbours (the hf backend's seeded-sample promise)."""
     from ttc.kernels.sampling import sample

@@ -7,14 +7,16 @@ import math
 import pytest
 import torch
 
-from conftest import CUDA
+from _device import CUDA, DEVICE
+
+device = DEVICE
 
 TOL = {torch.float32: 1e-5, torch.float16: 1e-4, torch.bfloat16: 1e-4}
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("rows,vocab", [(1, 1), (3, 7), (2, 1000), (5, 4099), (2, 49152)])
-def test_kernel_matches_reference(rows: int, vocab: int, dtype: torch.dtype, device: str) -> None:
+def test_kernel_matches_reference(rows: int, vocab: int, dtype: torch.dtype) -> None:
     from ttc.kernels.vocab_stats import vocab_stats
 
     gen = torch.Generator().manual_seed(vocab)
@@ -26,7 +28,7 @@ def test_kernel_matches_reference(rows: int, vocab: int, dtype: torch.dtype, dev
 
 
 @pytest.mark.parametrize("vocab", [262144])
-def test_kernel_on_the_largest_vocabulary_with_masked_tokens(vocab: int, device: str) -> None:
+def test_kernel_on_the_largest_vocabulary_with_masked_tokens(vocab: int) -> None:
     from ttc.kernels.vocab_stats import vocab_stats
 
     logits = torch.randn(2, vocab, generator=torch.Generator().manual_seed(0)).to(device)
