@@ -117,24 +117,37 @@ def _filter(
     return probs, order
 
 
+def _pick(logits: torch.Tensor, params: SamplingParams, uniforms: torch.Tensor) -> torch.Tensor:
+    """Inverse-CDF sampling of sampled rows (temperature > 0), one uniform each."""
+    vocab = logits.shape[-1]
+    probs, order = _filter(logits, params)
+    cum = probs.cumsum(-1)
+    u = uniforms.to(device=probs.device, dtype=torch.float32)
+    pick = torch.searchsorted(cum, (u * cum[:, -1]).unsqueeze(1), right=True)
+    pick = pick.clamp_(max=vocab - 1)
+    if order is not None:
+        pick = order.gather(1, pick)
+    return pick.squeeze(1)
+
+
 def reference(
     logits: torch.Tensor, params: SamplingParams, uniforms: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Next token per row (`[rows]` int64) and its model logprob (`[rows]` fp32) when
-    `params.want_logprobs`; `logits` `[rows, vocab]` fp32, `uniforms` `[rows]`."""
+    `params.want_logprobs`; `logits` `[rows, vocab]` fp32, `uniforms` `[rows]`.
+
+    Rows with top-k or top-p walk the CDF in descending probability, the others in
+    vocabulary order, each group on its own: a row's token never depends on the settings
+    of the rows batched with it.
+    """
     tokens = logits.argmax(-1)
-    sampled = (params.temperature > 0).nonzero().squeeze(1)
-    if sampled.numel():
-        vocab = logits.shape[-1]
-        probs, order = _filter(logits[sampled], params.select(sampled))
-        cum = probs.cumsum(-1)
-        # Inverse-CDF sampling with one uniform per row from the row's own generator.
-        u = uniforms[sampled].to(device=probs.device, dtype=torch.float32)
-        pick = torch.searchsorted(cum, (u * cum[:, -1]).unsqueeze(1), right=True)
-        pick = pick.clamp_(max=vocab - 1)
-        if order is not None:
-            pick = order.gather(1, pick)
-        tokens[sampled] = pick.squeeze(1)
+    sampled = params.temperature > 0
+    needs_sort = (params.top_k > 0) | (params.top_p < 1)
+    for group in (sampled & ~needs_sort, sampled & needs_sort):
+        rows = group.nonzero().squeeze(1)
+        if rows.numel():
+            sub = params.select(rows)
+            tokens[rows] = _pick(logits[rows], sub, uniforms[rows])
     logprobs = None
     if params.want_logprobs:
         lsm = torch.log_softmax(logits, dim=-1)

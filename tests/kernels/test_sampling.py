@@ -255,3 +255,17 @@ def test_gpu_batch_follows_the_cdf(vocab: int) -> None:
     params = _params(rows, "cuda")
     tokens, _ = sample(logits, params, uniforms, impl="triton")
     _assert_follows_cdf(logits, params, uniforms, tokens, tol=1e-4)
+
+
+@pytest.mark.parametrize("impl", ["reference", "triton"])
+def test_a_rows_token_does_not_depend_on_its_neighbours_filters(impl: str) -> None:
+    """A seeded sample keeps its text when batched with requests that use top-k/top-p."""
+    from ttc.kernels.sampling import sample
+
+    gen = torch.Generator().manual_seed(21)
+    logits = (torch.randn(2, 400, generator=gen) * 2).to(device)
+    uniforms = torch.rand(2, generator=gen).to(device)
+    plain, filtered = Row(temperature=0.9), Row(top_k=7, top_p=0.8)
+    alone, _ = sample(logits[:1], _params([plain], device), uniforms[:1], impl=impl)  # type: ignore[arg-type]
+    both, _ = sample(logits, _params([plain, filtered], device), uniforms, impl=impl)  # type: ignore[arg-type]
+    assert int(both[0]) == int(alone[0])
