@@ -3,42 +3,67 @@
 Every call a strategy makes goes through its problem's `Ledger`: before the call the
 ledger authorises it against the worst case (all prompt tokens computed, every sample
 running to `max_tokens`), shrinking `max_tokens` to what is left where that suffices and
-refusing with `BudgetExceeded` otherwise; after the call it debits what was really spent.
-So every enforced unit stays within its limit, whatever the backend returns.
+refusing with `BudgetExceeded` otherwise. An authorised call holds its worst case
+reserved (a `Grant`) until it is charged, so calls of one problem that run concurrently
+cannot together spend more than is left; `charge_generate` / `charge_score` then debit
+what was really spent (the ledger does the cost arithmetic) and release the rest. So
+every enforced unit stays within its limit, whatever the backend returns. `seconds` is
+the exception: wall time cannot be reserved, so a call that starts with time left may
+end past the limit (by at most its own duration).
+
+A ledger may have a parent (`Ledger.sub`): a sub-budget, e.g. one phase of a search
+(`ctx.limit(tokens=...)`), enforced together with every budget above it.
 
 Allocators may attach a `SpendPolicy` to a problem's budget: a per-problem rule the
 ledger consults before every generate call (it may lower `max_tokens` or refuse) and
-tells about every call's outcome. Built-in policies: `RolloverSteps` (per-step budgets
-whose unspent part rolls over to later steps) and `AgreementStop` (refuse further
-sampling once the answers drawn agree enough: an early stop every strategy honours,
-since a refusal ends its search with the best answer it has).
+tells about every call's outcome. The policies live with their allocators
+(`ttc.plugins.allocators.rollover`, `...adaptive_stop`).
 """
 
 from __future__ import annotations
 
 import time
-from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from ttc.cost import CostModel
-from ttc.errors import BudgetExceeded, ConfigError, TtcError
+from ttc.errors import BudgetExceeded, ConfigError
 from ttc.types import ModelPass
 
-UNITS = (
-    "samples",
-    "tokens",
-    "prefill_tokens",
-    "reward_tokens",
-    "reward_calls",
-    "flops",
-    "eflops",
-    "seconds",
-)
-"""The units a `Budget` can limit (every one of them is also counted in `Spent`)."""
 
-SCORE_WORK_UNITS = ("reward_tokens", "flops", "eflops")
+class Unit(StrEnum):
+    """A unit a `Budget` can limit (every one is also counted in `Spent`). Members are
+    strings, so `Unit.TOKENS == "tokens"` and config keys map onto them directly."""
+
+    SAMPLES = "samples"
+    TOKENS = "tokens"
+    PREFILL_TOKENS = "prefill_tokens"
+    REWARD_TOKENS = "reward_tokens"
+    REWARD_CALLS = "reward_calls"
+    FLOPS = "flops"
+    EFLOPS = "eflops"
+    SECONDS = "seconds"
+
+    @classmethod
+    def parse(cls, name: str) -> Unit:
+        """The unit called `name`; a one-line `ValueError` listing the units otherwise."""
+        try:
+            return cls(name)
+        except ValueError:
+            raise ValueError(
+                f"{name!r} is not a budget unit; units: {', '.join(u.value for u in cls)}"
+            ) from None
+
+
+UNITS: tuple[Unit, ...] = tuple(Unit)
+"""Every unit, in order."""
+INT_UNITS = frozenset(
+    {Unit.SAMPLES, Unit.TOKENS, Unit.PREFILL_TOKENS, Unit.REWARD_TOKENS, Unit.REWARD_CALLS}
+)
+"""Units counted in whole numbers (the others are floats)."""
+SCORE_WORK_UNITS = (Unit.REWARD_TOKENS, Unit.FLOPS, Unit.EFLOPS)
 """The units a score call spends in besides `reward_calls` (authorised at its worst case)."""
 
 
@@ -60,11 +85,11 @@ class Budget:
 
     @classmethod
     def from_config(cls, cfg: Any) -> Budget:
-        return cls(**{unit: getattr(cfg, unit, None) for unit in UNITS})
+        return cls(**{unit.value: getattr(cfg, unit.value, None) for unit in UNITS})
 
     def limits(self) -> dict[str, float | None]:
         """The limit of every unit (None: not enforced)."""
-        return {unit: getattr(self, unit) for unit in UNITS}
+        return {unit.value: getattr(self, unit.value) for unit in UNITS}
 
     def as_dict(self) -> dict[str, Any]:
         """The limits, plus the policy's description under `policy` when there is one
@@ -118,6 +143,10 @@ class SpendPolicy:
         `BudgetExceeded` (via `ledger.refuse`) to refuse it."""
         return max_tokens
 
+    def should_stop(self) -> bool:
+        """Whether the next generate call would be refused (a hint; see `Ledger`)."""
+        return False
+
     def after_generate(self, ledger: Ledger, *, tokens: int, samples: int) -> None:
         """What the call just spent (already debited)."""
 
@@ -127,106 +156,6 @@ class SpendPolicy:
     def describe(self) -> dict[str, Any]:
         """A JSON-ready summary stored with the problem's budget."""
         return {"name": self.name}
-
-
-class EarlyStop(BudgetExceeded):
-    """A policy ended the search before the limits did (e.g. the answers agree)."""
-
-    def __init__(self, reason: str, *, value: float, threshold: float) -> None:
-        TtcError.__init__(
-            self,
-            f"stopped early ({reason}): {value:.3g} >= {threshold:.3g}",
-            hint="lower the allocator's threshold to stop sooner, raise it to sample more",
-        )
-        self.unit = reason
-        self.limit = threshold
-        self.spent = value
-        self.requested = 0.0
-
-
-class RolloverSteps(SpendPolicy):
-    """Per-step budgets: the problem's `total` (in `unit`, tokens or samples) is split
-    evenly over `steps` generate calls; what a step leaves unspent rolls over to the
-    next ones. Call `k` (0-based) may bring the unit's spending up to
-    `total * (k + 1) / steps`; from call `steps - 1` on, up to `total`."""
-
-    name = "rollover"
-
-    def __init__(self, *, unit: str, total: float, steps: int) -> None:
-        if unit not in ("tokens", "samples"):
-            raise ValueError(f"rollover steps budget tokens or samples, not {unit!r}")
-        self.unit = unit
-        self.total = total
-        self.steps = max(steps, 1)
-        self.allowances: list[float] = []
-        """The allowance each call got (for inspection and the store)."""
-
-    def allowance(self, step: int, spent: float) -> float:
-        """What call `step` may spend, given `spent` so far."""
-        cap = self.total * min(step + 1, self.steps) / self.steps
-        return cap - spent
-
-    def limit_generate(self, ledger: Ledger, *, sequences: int, max_tokens: int) -> int:
-        spent = float(getattr(ledger.spent, self.unit))
-        left = self.allowance(ledger.spent.generate_calls, spent)
-        self.allowances.append(left)
-        if self.unit == "samples":
-            if sequences > left:
-                raise ledger.refuse(f"step {self.unit}", sequences, limit=left + spent)
-            return max_tokens
-        allowed = min(max_tokens, int(left // sequences))
-        if allowed < 1:
-            raise ledger.refuse(f"step {self.unit}", sequences, limit=left + spent)
-        return allowed
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "unit": self.unit,
-            "total": self.total,
-            "steps": self.steps,
-            "allowances": self.allowances,
-        }
-
-
-class AgreementStop(SpendPolicy):
-    """Refuse further generation once at least `min_answers` answers were stated and the
-    most common one holds a share of at least `threshold` of them."""
-
-    name = "adaptive_stop"
-    wants_answers = True
-
-    def __init__(self, *, min_answers: int, threshold: float) -> None:
-        self.min_answers = min_answers
-        self.threshold = threshold
-        self.votes: Counter[str] = Counter()
-        self.stopped = False
-
-    def agreement(self) -> float:
-        """The leading answer's share of the answers seen (0 when none)."""
-        total = sum(self.votes.values())
-        return self.votes.most_common(1)[0][1] / total if total else 0.0
-
-    def should_stop(self) -> bool:
-        return sum(self.votes.values()) >= self.min_answers and self.agreement() >= self.threshold
-
-    def observe_answers(self, answers: Sequence[str]) -> None:
-        self.votes.update(answers)
-
-    def limit_generate(self, ledger: Ledger, *, sequences: int, max_tokens: int) -> int:
-        if self.should_stop():
-            self.stopped = True
-            ledger.spent.refused_calls += 1
-            raise EarlyStop("agreement", value=self.agreement(), threshold=self.threshold)
-        return max_tokens
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "answers": sum(self.votes.values()),
-            "agreement": self.agreement(),
-            "stopped": self.stopped,
-        }
 
 
 @dataclass
@@ -251,8 +180,47 @@ class Spent:
         return asdict(self)
 
 
+@dataclass
+class Grant:
+    """An authorised call: the `max_tokens` it may use and the worst case it holds
+    reserved in each unit until `Ledger.charge_*` (or `release`) settles it."""
+
+    max_tokens: int
+    held: dict[Unit, float]
+    settled: bool = False
+    prefills: int = 1
+    """How many sequences prefill each prompt (n where the backend counts the prompt
+    per sample, see `Backend.prompt_tokens_per_sample`)."""
+
+
+@dataclass(frozen=True)
+class GenerateCharge:
+    """What one generate call spent, as the ledger computed it (for the call record)."""
+
+    sequences: int = 0
+    prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0
+    completion_tokens: int = 0
+    flops: float = 0.0
+    bytes_moved: float = 0.0
+
+
+@dataclass(frozen=True)
+class Served:
+    """One request's result as the ledger charges it: the prompt length the request
+    continued from, the tokens of each generation, the backend's usage and the size of
+    the batch it ran in."""
+
+    prompt_len: int
+    completion_lens: Sequence[int]
+    prompt_tokens: int
+    cached_prompt_tokens: int
+    completion_tokens: int
+    batch_size: int = 1
+
+
 class Ledger:
-    """Debits and enforces one problem's budget."""
+    """Authorises, reserves and debits one problem's (or one sub-budget's) spending."""
 
     def __init__(
         self,
@@ -260,33 +228,52 @@ class Ledger:
         cost: CostModel | None = None,
         *,
         reward_cost: CostModel | None = None,
+        parent: Ledger | None = None,
     ) -> None:
         self.budget = budget
-        self.cost = cost or CostModel(None)
-        self.reward_cost = reward_cost or CostModel(None)
+        self.parent = parent
+        self.cost: CostModel = cost or (parent.cost if parent is not None else CostModel(None))
+        self.reward_cost: CostModel = reward_cost or (
+            parent.reward_cost if parent is not None else CostModel(None)
+        )
         """The reward model's own cost model (its FLOPs count in `flops`/`eflops`)."""
         self.spent = Spent()
+        self.held: dict[Unit, float] = dict.fromkeys(UNITS, 0.0)
+        """The worst cases of authorised calls not yet charged, by unit."""
         self._t0 = time.monotonic()
+
+    def sub(self, budget: Budget) -> Ledger:
+        """A ledger for a part of this problem's spending, limited by `budget` and by
+        every budget above it; what it spends is spent here too."""
+        return Ledger(budget, self.cost, reward_cost=self.reward_cost, parent=self)
+
+    def _chain(self) -> Iterator[Ledger]:
+        node: Ledger | None = self
+        while node is not None:
+            yield node
+            node = node.parent
 
     @property
     def policy(self) -> SpendPolicy | None:
         return self.budget.policy
 
+    def _policies(self) -> list[SpendPolicy]:
+        return [n.policy for n in self._chain() if n.policy is not None]
+
     @property
     def wants_answers(self) -> bool:
-        """True when the budget's policy wants the answers samples state (the context then
+        """True when a budget's policy wants the answers samples state (the context then
         passes them to `observe_answers`)."""
-        return self.policy is not None and self.policy.wants_answers
+        return any(p.wants_answers for p in self._policies())
 
     def observe_answers(self, answers: Sequence[str]) -> None:
-        if self.policy is not None:
-            self.policy.observe_answers(answers)
+        for p in self._policies():
+            p.observe_answers(answers)
 
     def should_stop(self) -> bool:
-        """Whether the budget's policy would refuse the next call (a hint strategies may
+        """Whether a budget's policy would refuse the next call (a hint strategies may
         consult before starting a round; the refusal comes either way)."""
-        stop = getattr(self.policy, "should_stop", None)
-        return bool(stop()) if stop is not None else False
+        return any(p.should_stop() for p in self._policies())
 
     def rebudget(self, budget: Budget) -> None:
         """Replace the budget (an allocator's plan), raising its limits where needed to
@@ -298,12 +285,27 @@ class Ledger:
     def elapsed(self) -> float:
         return time.monotonic() - self._t0
 
-    def remaining(self, unit: str) -> float | None:
-        limit = getattr(self.budget, unit)
-        if limit is None:
-            return None
-        spent = self.elapsed() if unit == "seconds" else getattr(self.spent, unit)
-        return limit - spent
+    def _used(self, unit: Unit) -> float:
+        return self.elapsed() if unit == Unit.SECONDS else float(getattr(self.spent, unit))
+
+    def _left(self, unit: Unit) -> tuple[float | None, Ledger]:
+        """What is left of `unit` (None: not enforced anywhere) and the ledger whose
+        limit binds."""
+        best: float | None = None
+        binding = self
+        for node in self._chain():
+            limit = getattr(node.budget, unit)
+            if limit is None:
+                continue
+            left = limit - node._used(unit) - node.held[unit]
+            if best is None or left < best:
+                best, binding = left, node
+        return best, binding
+
+    def remaining(self, unit: Unit | str) -> float | None:
+        """What is left of an enforced unit after the calls in flight (None: not
+        enforced)."""
+        return self._left(Unit(unit))[0]
 
     def exhausted(self) -> bool:
         """True when some enforced unit has nothing left."""
@@ -313,21 +315,49 @@ class Ledger:
                 return True
         return False
 
-    def _refuse(self, unit: str, requested: float) -> BudgetExceeded:
-        limit = getattr(self.budget, unit)
-        spent = self.elapsed() if unit == "seconds" else getattr(self.spent, unit)
-        self.spent.refused_calls += 1
-        return BudgetExceeded(unit, limit=limit, spent=spent, requested=requested)
+    def _refuse(self, unit: Unit, requested: float) -> BudgetExceeded:
+        _, node = self._left(unit)
+        for n in self._chain():
+            n.spent.refused_calls += 1
+        exc = BudgetExceeded(
+            unit,
+            limit=getattr(node.budget, unit),
+            spent=node._used(unit),
+            requested=requested,
+        )
+        exc.ledger = node  # type: ignore[attr-defined]
+        return exc
 
-    def refuse(self, what: str, requested: float, *, limit: float) -> BudgetExceeded:
-        """A refusal for a policy's own limit (`what` names it), counted as refused."""
-        unit = what.split()[-1]
-        self.spent.refused_calls += 1
-        spent = float(getattr(self.spent, unit, 0.0))
-        return BudgetExceeded(what, limit=limit, spent=spent, requested=requested)
+    def refuse(
+        self, unit: Unit | str, requested: float, *, limit: float, rule: str = ""
+    ) -> BudgetExceeded:
+        """A refusal by a policy's own limit on `unit` (`rule` names the policy's limit,
+        e.g. "step"), counted as refused."""
+        u = Unit(unit)
+        for n in self._chain():
+            n.spent.refused_calls += 1
+        what = f"{rule} {u.value}".strip()
+        exc = BudgetExceeded(what, limit=limit, spent=self._used(u), requested=requested)
+        exc.ledger = self  # type: ignore[attr-defined]
+        return exc
+
+    def _hold(self, held: dict[Unit, float]) -> Grant:
+        for node in self._chain():
+            for unit, amount in held.items():
+                node.held[unit] += amount
+        return Grant(max_tokens=0, held=held)
+
+    def release(self, grant: Grant) -> None:
+        """Give back what `grant` holds (the call was charged, or never ran)."""
+        if grant.settled:
+            return
+        grant.settled = True
+        for node in self._chain():
+            for unit, amount in grant.held.items():
+                node.held[unit] -= amount
 
     # -- generation -------------------------------------------------------------------
-    def _unmeasurable(self, unit: str, what: str) -> ConfigError:
+    def _unmeasurable(self, unit: Unit, what: str) -> ConfigError:
         return ConfigError(
             f"budget.{unit} is enforced but {what}'s FLOPs cannot be counted: its shape is unknown",
             key=f"budget.{unit}",
@@ -342,45 +372,56 @@ class Ledger:
         max_tokens: int,
         *,
         per_sample: bool = False,
-    ) -> int:
-        """Check a generate call against every enforced unit.
+    ) -> Grant:
+        """Check a generate call against every enforced unit and reserve its worst case.
 
-        Returns the `max_tokens` the call may use (possibly less than asked), or raises
-        `BudgetExceeded` when not even one token per sequence fits. `per_sample`: the
-        backend counts (and may compute) the prompt once per sample
+        The grant's `max_tokens` is what the call may use (possibly less than asked);
+        raises `BudgetExceeded` when not even one token per sequence fits. `per_sample`:
+        the backend counts (and may compute) the prompt once per sample
         (`Backend.prompt_tokens_per_sample`), so the worst case prefills it `n` times.
         """
         prefills = n if per_sample else 1
         sequences = len(prompt_lens) * n
-        left = self.remaining("seconds")
+        left = self.remaining(Unit.SECONDS)
         if left is not None and left <= 0:
-            raise self._refuse("seconds", 0)
-        left = self.remaining("samples")
+            raise self._refuse(Unit.SECONDS, 0)
+        left = self.remaining(Unit.SAMPLES)
         if left is not None and sequences > left:
-            raise self._refuse("samples", sequences)
-        left = self.remaining("prefill_tokens")
-        worst_prefill = sum(prompt_lens) * prefills
-        if left is not None and worst_prefill > left:
-            # worst case: nothing comes from the prefix cache
-            raise self._refuse("prefill_tokens", worst_prefill)
+            raise self._refuse(Unit.SAMPLES, sequences)
+        prefill = sum(prompt_lens) * prefills  # worst case: nothing from the prefix cache
+        left = self.remaining(Unit.PREFILL_TOKENS)
+        if left is not None and prefill > left:
+            raise self._refuse(Unit.PREFILL_TOKENS, prefill)
         allowed = max_tokens
-        left = self.remaining("tokens")
+        left = self.remaining(Unit.TOKENS)
         if left is not None:
             allowed = min(allowed, int(left // sequences))
             if allowed < 1:
-                raise self._refuse("tokens", sequences)
-        for unit in ("flops", "eflops"):
+                raise self._refuse(Unit.TOKENS, sequences)
+        for unit in (Unit.FLOPS, Unit.EFLOPS):
             left = self.remaining(unit)
             if left is not None:
                 if not self.cost.known:
                     raise self._unmeasurable(unit, "the policy model")
                 allowed = self._fit(unit, prompt_lens, n, allowed, left, prefills=prefills)
-        if self.policy is not None:
-            allowed = self.policy.limit_generate(self, sequences=sequences, max_tokens=allowed)
-        return allowed
+        for node in self._chain():  # a policy refuses on its own ledger's behalf
+            if node.policy is not None:
+                allowed = node.policy.limit_generate(node, sequences=sequences, max_tokens=allowed)
+        held = {
+            Unit.SAMPLES: float(sequences),
+            Unit.TOKENS: float(sequences * allowed),
+            Unit.PREFILL_TOKENS: float(prefill),
+        }
+        if self.cost.known:
+            for unit in (Unit.FLOPS, Unit.EFLOPS):
+                held[unit] = self._worst(unit, prompt_lens, n, allowed, prefills=prefills)
+        grant = self._hold(held)
+        grant.max_tokens = allowed
+        grant.prefills = prefills
+        return grant
 
     def _worst(
-        self, unit: str, prompt_lens: Sequence[int], n: int, max_tokens: int, *, prefills: int = 1
+        self, unit: Unit, prompt_lens: Sequence[int], n: int, max_tokens: int, *, prefills: int = 1
     ) -> float:
         """The most a call can spend in `flops` or `eflops`: every prompt token computed
         (`prefills` times), every sample running to `max_tokens` (decoded alone, so it
@@ -392,7 +433,7 @@ class Ledger:
             )
             for p in prompt_lens
         )
-        if unit == "flops":
+        if unit == Unit.FLOPS:
             return flops
         moved = sum(
             k * self.cost.prefill_bytes(p)
@@ -403,7 +444,7 @@ class Ledger:
 
     def _fit(
         self,
-        unit: str,
+        unit: Unit,
         prompt_lens: Sequence[int],
         n: int,
         allowed: int,
@@ -427,50 +468,80 @@ class Ledger:
             raise self._refuse(unit, worst(1))
         return lo
 
-    def debit_generate(
-        self,
-        *,
-        sequences: int,
-        prompt_tokens: int,
-        cached_prompt_tokens: int,
-        completion_tokens: int,
-        flops: float,
-        bytes_moved: float = 0.0,
-    ) -> None:
+    def charge_generate(self, grant: Grant, served: Sequence[Served]) -> GenerateCharge:
+        """Debit what a generate call really spent (its FLOPs and bytes from the cost
+        model) and release its reservation."""
+        cost = self.cost
+        flops = bytes_moved = 0.0
+        for r in served:
+            flops += cost.generation_flops(
+                prompt_len=r.prompt_len,
+                computed_prompt=r.prompt_tokens - r.cached_prompt_tokens,
+                completion_lens=list(r.completion_lens),
+                prefills=len(r.completion_lens) if grant.prefills > 1 else 1,
+            )
+            bytes_moved += sum(
+                cost.decode_bytes(k, context_before=r.prompt_len, batch=max(r.batch_size, 1))
+                for k in r.completion_lens
+            )
+        charge = GenerateCharge(
+            sequences=sum(len(r.completion_lens) for r in served),
+            prompt_tokens=sum(r.prompt_tokens for r in served),
+            cached_prompt_tokens=sum(r.cached_prompt_tokens for r in served),
+            completion_tokens=sum(r.completion_tokens for r in served),
+            flops=flops,
+            bytes_moved=bytes_moved,
+        )
+        self.release(grant)
+        for node in self._chain():
+            node._debit(charge)
+        return charge
+
+    def _debit(self, c: GenerateCharge) -> None:
         s = self.spent
         s.generate_calls += 1
-        s.samples += sequences
-        s.tokens += completion_tokens
-        s.prompt_tokens += prompt_tokens
-        s.cached_prompt_tokens += cached_prompt_tokens
-        s.prefill_tokens += prompt_tokens - cached_prompt_tokens
-        s.flops += flops
-        s.bytes += bytes_moved
-        s.eflops += self.cost.eflops(flops, bytes_moved) if self.cost.known else 0.0
+        s.samples += c.sequences
+        s.tokens += c.completion_tokens
+        s.prompt_tokens += c.prompt_tokens
+        s.cached_prompt_tokens += c.cached_prompt_tokens
+        s.prefill_tokens += c.prompt_tokens - c.cached_prompt_tokens
+        s.flops += c.flops
+        s.bytes += c.bytes_moved
+        s.eflops += self.cost.eflops(c.flops, c.bytes_moved) if self.cost.known else 0.0
         if self.policy is not None:
-            self.policy.after_generate(self, tokens=completion_tokens, samples=sequences)
+            self.policy.after_generate(self, tokens=c.completion_tokens, samples=c.sequences)
 
     # -- reward -----------------------------------------------------------------------
     @property
     def bounds_score_work(self) -> bool:
         """True when a score call must be authorised against the reward model's worst
-        case (`RewardModel.worst_case`): `reward_tokens`, `flops` or `eflops` is enforced."""
-        return any(getattr(self.budget, u) is not None for u in SCORE_WORK_UNITS)
+        case (`RewardModel.worst_case`): `reward_tokens`, `flops` or `eflops` is enforced
+        (here or in a budget above)."""
+        return any(
+            getattr(node.budget, u) is not None for node in self._chain() for u in SCORE_WORK_UNITS
+        )
 
-    def authorize_score(self, worst: Sequence[ModelPass] | None) -> None:
+    def authorize_score(self, worst: Sequence[ModelPass] | None) -> Grant:
         """Check a score call against every enforced unit, at its worst case `worst`
         (the reward model's passes with nothing cached; None: not known, which is an
-        error when `bounds_score_work`). Raises `BudgetExceeded` when it does not fit."""
-        left = self.remaining("seconds")
+        error when `bounds_score_work`), and reserve it. Raises `BudgetExceeded` when it
+        does not fit."""
+        left = self.remaining(Unit.SECONDS)
         if left is not None and left <= 0:
-            raise self._refuse("seconds", 0)
-        left = self.remaining("reward_calls")
+            raise self._refuse(Unit.SECONDS, 0)
+        left = self.remaining(Unit.REWARD_CALLS)
         if left is not None and left < 1:
-            raise self._refuse("reward_calls", 1)
+            raise self._refuse(Unit.REWARD_CALLS, 1)
+        held: dict[Unit, float] = {Unit.REWARD_CALLS: 1.0}
         if not self.bounds_score_work:
-            return
+            return self._hold(held)
         if worst is None:
-            unit = next(u for u in SCORE_WORK_UNITS if getattr(self.budget, u) is not None)
+            unit = next(
+                u
+                for n in self._chain()
+                for u in SCORE_WORK_UNITS
+                if getattr(n.budget, u) is not None
+            )
             raise ConfigError(
                 f"budget.{unit} is enforced but the reward model cannot bound what a call "
                 "may spend (its worst_case returns None)",
@@ -478,38 +549,47 @@ class Ledger:
                 hint=f"implement RewardModel.worst_case, or remove budget.{unit}",
             )
         tokens = sum(p.tokens for p in worst)
-        left = self.remaining("reward_tokens")
+        left = self.remaining(Unit.REWARD_TOKENS)
         if left is not None and tokens > left:
-            raise self._refuse("reward_tokens", tokens)
-        for unit in ("flops", "eflops"):
+            raise self._refuse(Unit.REWARD_TOKENS, tokens)
+        held[Unit.REWARD_TOKENS] = float(tokens)
+        for unit in (Unit.FLOPS, Unit.EFLOPS):
             left = self.remaining(unit)
-            if left is None or tokens == 0:
+            if tokens == 0 or not self.reward_cost.known:
+                if left is not None and tokens:
+                    raise self._unmeasurable(unit, "the reward model")
                 continue
-            if not self.reward_cost.known:
-                raise self._unmeasurable(unit, "the reward model")
             need = self._score_work(unit, worst)
-            if need > left:
+            if left is not None and need > left:
                 raise self._refuse(unit, need)
+            held[unit] = need
+        return self._hold(held)
 
-    def _score_work(self, unit: str, passes: Sequence[ModelPass]) -> float:
+    def _score_work(self, unit: Unit, passes: Sequence[ModelPass]) -> float:
         cost = self.reward_cost
         flops = sum(cost.pass_flops(p) for p in passes)
-        if unit == "flops":
+        if unit == Unit.FLOPS:
             return flops
         return cost.eflops(flops, sum(cost.pass_bytes(p) for p in passes))
 
-    def debit_score(self, *, tokens: int, passes: Sequence[ModelPass] = ()) -> None:
-        """What a score call spent: reward-model tokens, and the FLOPs and bytes of its
-        passes on the reward model's own shape."""
-        self.spent.reward_calls += 1
-        self.spent.reward_tokens += tokens
+    def charge_score(self, grant: Grant, *, tokens: int, passes: Sequence[ModelPass] = ()) -> float:
+        """Debit what a score call spent (reward-model tokens, and the FLOPs and bytes of
+        its passes on the reward model's own shape) and release its reservation; returns
+        the FLOPs charged."""
+        self.release(grant)
+        flops = moved = 0.0
         if passes and self.reward_cost.known:
             cost = self.reward_cost
             flops = sum(cost.pass_flops(p) for p in passes)
             moved = sum(cost.pass_bytes(p) for p in passes)
-            self.spent.flops += flops
-            self.spent.bytes += moved
-            self.spent.eflops += cost.eflops(flops, moved)
+        for node in self._chain():
+            node.spent.reward_calls += 1
+            node.spent.reward_tokens += tokens
+            if flops or moved:
+                node.spent.flops += flops
+                node.spent.bytes += moved
+                node.spent.eflops += self.reward_cost.eflops(flops, moved)
+        return flops
 
     def close(self) -> Spent:
         self.spent.seconds = self.elapsed()

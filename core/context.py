@@ -1,26 +1,33 @@
-"""The context a strategy solves one problem through.
+"""The context a strategy solves one problem through, and the one place a search ends.
 
-A strategy never sees the backend, the reward model, batching or the store: it awaits
-`ctx.generate(branches, sampling)` and `ctx.score(branches)`. The context turns branches
-into requests (continuing from the exact token ids of each branch), sends them through the
-scheduler, debits the problem's ledger, records every call, and keeps every branch it
+A strategy never sees the backend, the reward model, batching, the ledger or the store:
+it awaits `ctx.generate(branches, sampling)` and `ctx.score(branches)` (the
+`ttc.interfaces.SolveContext` protocol). `ProblemContext` implements it: it turns
+branches into requests (continuing from the exact token ids of each branch), has the
+problem's ledger authorise (and reserve) each call, sends it through the scheduler,
+has the ledger charge what it spent, records every call, and keeps every branch it
 created: the search tree that the store persists.
+
+`run_strategy` runs a strategy on a context and is where every search ends (see there).
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
+import inspect
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
-from statistics import fmean
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, cast
 
-from ttc.budget import Ledger
+from ttc.aggregation import aggregate, tally
+from ttc.budget import Budget, Ledger, Served, Unit
 from ttc.cost import CostModel
 from ttc.errors import BackendError, BudgetExceeded, ConfigError
-from ttc.interfaces import Task
+from ttc.interfaces import Allocator, Strategy, Task
 from ttc.scheduler import Scheduler
 from ttc.types import (
     Branch,
@@ -34,23 +41,18 @@ from ttc.types import (
     Solution,
 )
 
-AGGREGATES: dict[str, Callable[[Sequence[float]], float]] = {
-    "last": lambda s: s[-1],
-    "min": min,
-    "prod": math.prod,
-    "mean": fmean,
-}
+
+@dataclass
+class _Tree:
+    """What a context and its sub-budget contexts share: the branches and the calls."""
+
+    nodes: dict[int, Branch]
+    calls: list[CallRecord] = field(default_factory=list)
+    failed_branches: int = 0
 
 
-def aggregate(scores: Sequence[float], how: str) -> float | None:
-    """One score from per-step scores (`last`, `min`, `prod` or `mean`)."""
-    if not scores:
-        return None
-    return float(AGGREGATES[how](scores))
-
-
-class SolveContext:
-    """Everything one problem's strategy may use."""
+class ProblemContext:
+    """Everything one problem's strategy may use (implements `SolveContext`)."""
 
     def __init__(
         self,
@@ -66,39 +68,73 @@ class SolveContext:
         on_call: Callable[[CallRecord], None] | None = None,
     ) -> None:
         self.problem = problem
-        self.prompt = prompt
-        self.prompt_ids = tuple(prompt_ids)
-        self.scheduler = scheduler
-        self.ledger = ledger
+        self.rng = random.Random(f"{seed}:{problem.id}")
+        self.root = Branch(id=0, parent_id=None, step=0, token_ids=(), step_texts=())
+        self._prompt = prompt
+        self._prompt_ids = tuple(prompt_ids)
+        self._scheduler = scheduler
+        self._ledger = ledger
+        self._task = task
+        self._aggregate = aggregate
+        self._on_call = on_call
+        self._tree = _Tree(nodes={0: self.root})
         reward = scheduler.reward
         if reward is not None and not ledger.reward_cost.known:
             # the reward model's FLOPs are charged at its own shape (known once started)
             ledger.reward_cost = CostModel(reward.architecture, hw=ledger.cost.hw)
-        self.task = task
-        self.aggregate_how = aggregate
-        self.rng = random.Random(f"{seed}:{problem.id}")
-        self._on_call = on_call
-        self.calls: list[CallRecord] = []
-        self.failed_branches = 0
-        self.root = Branch(id=0, parent_id=None, step=0, token_ids=(), step_texts=())
-        self.branches: dict[int, Branch] = {0: self.root}
+
+    # -- the tree (for the runner, the store and tests; not part of the protocol) -----
+    @property
+    def branches(self) -> Mapping[int, Branch]:
+        """Every branch created so far, by id (the root is 0)."""
+        return self._tree.nodes
+
+    @property
+    def calls(self) -> list[CallRecord]:
+        return self._tree.calls
+
+    @property
+    def failed_branches(self) -> int:
+        return self._tree.failed_branches
 
     # -- spending ---------------------------------------------------------------------
-    @property
-    def budget(self) -> Any:
-        return self.ledger.budget
-
-    def remaining(self, unit: str) -> float | None:
+    def remaining(self, unit: Unit | str) -> float | None:
         """What is left of an enforced unit (None: not enforced)."""
-        return self.ledger.remaining(unit)
+        return self._ledger.remaining(unit)
+
+    def should_stop(self) -> bool:
+        """Whether the allocator's policy would refuse the next call (e.g. the answers
+        drawn already agree); the refusal comes either way."""
+        return self._ledger.should_stop()
+
+    def limit(self, **limits: float) -> ProblemContext:
+        """A context for part of the search, limited by `limits` (budget units, e.g.
+        `tokens=2000, reward_calls=8`) besides the problem's budget; it shares the tree.
+        Used as `async with ctx.limit(tokens=2000) as sub: ...`, a refusal by these
+        limits ends the block, not the search."""
+        try:
+            units: dict[str, Any] = {Unit.parse(k).value: v for k, v in limits.items()}
+            budget = Budget(**units)
+        except ValueError as exc:
+            raise ConfigError(str(exc), key="ctx.limit") from None
+        child = copy.copy(self)
+        child._ledger = self._ledger.sub(budget)
+        return child
+
+    async def __aenter__(self) -> ProblemContext:
+        return self
+
+    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        # A refusal by this sub-budget's own limits ends the block; anything else goes on.
+        return isinstance(exc, BudgetExceeded) and getattr(exc, "ledger", None) is self._ledger
 
     @property
     def has_reward(self) -> bool:
-        return self.scheduler.reward is not None
+        return self._scheduler.reward is not None
 
     @property
-    def wants_logprobs(self) -> bool:
-        reward = self.scheduler.reward
+    def _wants_logprobs(self) -> bool:
+        reward = self._scheduler.reward
         return reward is not None and reward.needs_logprobs
 
     def path(self, branch: Branch) -> list[Branch]:
@@ -107,7 +143,7 @@ class SolveContext:
         node: Branch | None = branch
         while node is not None and node.parent_id is not None:
             chain.append(node)
-            node = self.branches.get(node.parent_id)
+            node = self._tree.nodes.get(node.parent_id)
         return chain[::-1]
 
     async def generate(self, branches: Sequence[Branch], sampling: Sampling) -> list[Branch]:
@@ -118,25 +154,25 @@ class SolveContext:
         `BackendError` is raised."""
         if not branches:
             return []
-        if self.wants_logprobs and not sampling.logprobs:
+        if self._wants_logprobs and not sampling.logprobs:
             sampling = sampling.replace(logprobs=True)
-        base = len(self.prompt_ids)
+        base = len(self._prompt_ids)
         prompt_lens = [base + len(b.token_ids) for b in branches]
         sequences = len(branches) * sampling.n
-        per_sample = self.scheduler.backend.prompt_tokens_per_sample
+        per_sample = self._scheduler.backend.prompt_tokens_per_sample
         try:
-            allowed = self.ledger.authorize_generate(
+            grant = self._ledger.authorize_generate(
                 prompt_lens, sampling.n, sampling.max_tokens, per_sample=per_sample
             )
         except BudgetExceeded as exc:
             self._record("generate", "refused", len(branches), sequences, error=str(exc))
             raise
-        if allowed < sampling.max_tokens:
-            sampling = sampling.replace(max_tokens=allowed)
+        if grant.max_tokens < sampling.max_tokens:
+            sampling = sampling.replace(max_tokens=grant.max_tokens)
         requests = [
             GenerateRequest(
-                prompt=self.prompt + b.text,
-                prompt_token_ids=self.prompt_ids + b.token_ids,
+                prompt=self._prompt + b.text,
+                prompt_token_ids=self._prompt_ids + b.token_ids,
                 sampling=sampling.replace(
                     seed=sampling.seed if sampling.seed is not None else self.rng.getrandbits(31)
                 ),
@@ -144,93 +180,87 @@ class SolveContext:
             for b in branches
         ]
         t0 = time.perf_counter()
-        outcomes = await self.scheduler.generate(requests)
+        try:
+            outcomes = await self._scheduler.generate(requests)
+        except BaseException:
+            self._ledger.release(grant)
+            raise
         latency = time.perf_counter() - t0
 
         children: list[Branch] = []
-        prompt_tokens = cached = completion = ok_sequences = batch = 0
-        flops = bytes_moved = 0.0
+        served: list[Served] = []
+        batch = 0
         errors: list[str] = []
         for parent, plen, out in zip(branches, prompt_lens, outcomes, strict=True):
             if isinstance(out, BaseException):
                 errors.append(f"{type(out).__name__}: {out}")
-                self.failed_branches += 1
+                self._tree.failed_branches += 1
                 continue
             result, batch = out.result, max(batch, out.batch_size)
             usage = result.usage
             lens = [len(g.token_ids) for g in result.generations]
-            prompt_tokens += usage.prompt_tokens
-            cached += usage.cached_prompt_tokens
-            completion += usage.completion_tokens or sum(lens)
-            ok_sequences += len(result.generations)
-            cost = self.ledger.cost
-            flops += cost.generation_flops(
-                prompt_len=plen,
-                computed_prompt=usage.computed_prompt_tokens,
-                completion_lens=lens,
-                prefills=len(lens) if per_sample else 1,
-            )
-            bytes_moved += sum(
-                cost.decode_bytes(n, context_before=plen, batch=max(out.batch_size, 1))
-                for n in lens
+            served.append(
+                Served(
+                    prompt_len=plen,
+                    completion_lens=lens,
+                    prompt_tokens=usage.prompt_tokens,
+                    cached_prompt_tokens=usage.cached_prompt_tokens,
+                    completion_tokens=usage.completion_tokens or sum(lens),
+                    batch_size=out.batch_size,
+                )
             )
             children.extend(self._child(parent, g) for g in result.generations)
-        self.ledger.debit_generate(
-            sequences=ok_sequences,
-            prompt_tokens=prompt_tokens,
-            cached_prompt_tokens=cached,
-            completion_tokens=completion,
-            flops=flops,
-            bytes_moved=bytes_moved,
-        )
+        charge = self._ledger.charge_generate(grant, served)
         self._record(
             "generate",
             "ok" if not errors else "error",
             len(branches),
             sequences,
             batch_size=batch,
-            prompt_tokens=prompt_tokens,
-            cached_prompt_tokens=cached,
-            completion_tokens=completion,
-            flops=flops,
+            prompt_tokens=charge.prompt_tokens,
+            cached_prompt_tokens=charge.cached_prompt_tokens,
+            completion_tokens=charge.completion_tokens,
+            flops=charge.flops,
             latency_s=latency,
             error="; ".join(errors[:3]) or None,
         )
         if errors and not children:
             raise BackendError(f"every request of the call failed: {errors[0]}")
-        if self.ledger.wants_answers:  # an allocator's stop rule reads the answers
+        if self._ledger.wants_answers:  # an allocator's stop rule reads the answers
             stated = (self.answer(b) for b in children)
-            self.ledger.observe_answers([self.normalize(a) for a in stated if a is not None])
+            self._ledger.observe_answers([self.normalize(a) for a in stated if a is not None])
         return children
 
     def _child(self, parent: Branch, g: Generation) -> Branch:
         child = Branch(
-            id=len(self.branches),
+            id=len(self._tree.nodes),
             parent_id=parent.id,
             step=parent.step + 1,
             token_ids=parent.token_ids + g.token_ids,
             step_texts=(*parent.step_texts, g.text),
             cum_logprob=parent.cum_logprob + (sum(g.logprobs) if g.logprobs else 0.0),
             token_logprobs=g.logprobs or (),
+            # the steps before carry their scores (so scoring is incremental); the new
+            # step has none, so the child's `score` is None until it is scored
             step_scores=parent.step_scores,
             finished=g.finish_reason != "stop",
             finish_reason=g.finish_reason,
             new_tokens=len(g.token_ids),
         )
-        self.branches[child.id] = child
+        self._tree.nodes[child.id] = child
         return child
 
     async def score(self, branches: Sequence[Branch]) -> list[float]:
-        """Score branches with the reward model; store per-step scores on each branch and
-        return one aggregated score per branch (see `reward.aggregate`). Steps scored by an
-        earlier call are passed as already scored, so incremental reward models score only
-        the new ones. The call is authorised against the reward model's worst case
-        (`RewardModel.worst_case`) where `reward_tokens`, `flops` or `eflops` is enforced,
-        and its passes' FLOPs are charged from the reward model's own shape. A branch whose
-        scoring fails keeps `score = None` (it ranks last; its score in the returned list is
-        -inf) and the failure is recorded; when every branch fails, `BackendError` is
-        raised."""
-        reward = self.scheduler.reward
+        """Score branches with the reward model; store per-step scores and the aggregated
+        score (`reward.aggregate`) on each branch, and return the aggregated scores. Steps
+        scored by an earlier call are passed as already scored, so incremental reward
+        models score only the new ones. The call is authorised (and reserved) at the
+        reward model's worst case (`RewardModel.worst_case`) where `reward_tokens`,
+        `flops` or `eflops` is enforced, and its passes' FLOPs are charged from the reward
+        model's own shape. A branch whose scoring fails keeps `score = None` (it ranks
+        last; its entry in the returned list is -inf) and the failure is recorded in
+        `score_error`; when every branch fails, `BackendError` is raised."""
+        reward = self._scheduler.reward
         if reward is None:
             raise ConfigError(
                 "this strategy scores branches but no reward model is configured",
@@ -242,26 +272,30 @@ class SolveContext:
         requests = [
             ScoreRequest(
                 problem=self.problem,
-                prompt=self.prompt,
+                prompt=self._prompt,
                 steps=b.step_texts,
                 scored_steps=min(len(b.step_scores), len(b.step_texts)),
                 finished=b.finished,
                 step_logprobs=(
-                    tuple(n.token_logprobs for n in self.path(b)) if self.wants_logprobs else None
+                    tuple(n.token_logprobs for n in self.path(b)) if self._wants_logprobs else None
                 ),
             )
             for b in branches
         ]
         worst = None
-        if self.ledger.bounds_score_work:  # tokenising for the bound is not free: only then
+        if self._ledger.bounds_score_work:  # tokenising for the bound is not free: only then
             worst = await asyncio.to_thread(reward.worst_case, requests)
         try:
-            self.ledger.authorize_score(worst)
+            grant = self._ledger.authorize_score(worst)
         except BudgetExceeded as exc:
             self._record("score", "refused", len(branches), len(branches), error=str(exc))
             raise
         t0 = time.perf_counter()
-        outcomes = await self.scheduler.score(requests)
+        try:
+            outcomes = await self._scheduler.score(requests)
+        except BaseException:
+            self._ledger.release(grant)
+            raise
         latency = time.perf_counter() - t0
         scores: list[float] = []
         tokens = batch = 0
@@ -278,11 +312,10 @@ class SolveContext:
             tokens += out.result.tokens
             passes.extend(out.result.passes)
             b.step_scores = tuple(out.result.step_scores)
-            b.score = aggregate(b.step_scores, self.aggregate_how)
+            b.score = aggregate(b.step_scores, self._aggregate)
             b.score_error = None
             scores.append(-math.inf if b.score is None else b.score)
-        flops_before = self.ledger.spent.flops
-        self.ledger.debit_score(tokens=tokens, passes=passes)
+        flops = self._ledger.charge_score(grant, tokens=tokens, passes=passes)
         self._record(
             "score",
             "ok" if not errors else "error",
@@ -290,7 +323,7 @@ class SolveContext:
             len(branches),
             batch_size=batch,
             reward_tokens=tokens,
-            flops=self.ledger.spent.flops - flops_before,
+            flops=flops,
             latency_s=latency,
             error="; ".join(errors[:3]) or None,
         )
@@ -302,34 +335,35 @@ class SolveContext:
     def answer(self, branch: Branch) -> str | None:
         """The final answer a branch states (cached on the branch)."""
         if branch.answer is None and branch.step_texts:
-            branch.answer = self.task.extract_answer(branch.text)
+            branch.answer = self._task.extract_answer(branch.text)
         return branch.answer
 
     def normalize(self, answer: str) -> str:
-        return self.task.normalize(answer)
+        """The task's canonical form of an answer (equal forms vote together)."""
+        return self._task.normalize(answer)
 
     def leaves(self) -> list[Branch]:
         """Finished branches (complete solutions) created so far."""
-        return [b for b in self.branches.values() if b.finished]
+        return [b for b in self._tree.nodes.values() if b.finished]
 
     # -- records ----------------------------------------------------------------------
     def _record(
         self, kind: Any, status: Any, n_requests: int, n_sequences: int, **fields: Any
     ) -> None:
         call = CallRecord(
-            seq=len(self.calls),
+            seq=len(self._tree.calls),
             kind=kind,
             status=status,
             n_requests=n_requests,
             n_sequences=n_sequences,
             **fields,
         )
-        self.calls.append(call)
+        self._tree.calls.append(call)
         if self._on_call is not None:
             self._on_call(call)
 
 
-async def run_strategy(strategy: Any, problem: Problem, ctx: SolveContext) -> Solution:
+async def run_strategy(strategy: Strategy, problem: Problem, ctx: ProblemContext) -> Solution:
     """Solve `problem` with `strategy`: the one place a search ends.
 
     A strategy's `solve` is an async generator that yields its current answer whenever
@@ -337,13 +371,12 @@ async def run_strategy(strategy: Any, problem: Problem, ctx: SolveContext) -> So
     call (`BudgetExceeded`, an allocator's early stop included) or a call whose every
     request failed (`BackendError`) ends the search here: the last answer yielded is the
     answer, and `trace["ended_by"]` names the reason (`budget`, `early_stop` or
-    `backend_error`). When the strategy yielded nothing, the answer is the vote of the
-    finished branches drawn so far (an allocator's probe samples included), if any. A
-    backend failure before anything was drawn is re-raised: the problem is then recorded
-    as an error with the backend's message, not as a silent "no answer".
+    `backend_error`). When the strategy yielded no answer by then, the answer is the
+    vote of the finished branches drawn so far (an allocator's probe samples included),
+    if any (`trace["fallback"] = "vote"`). A backend failure before anything was drawn
+    is re-raised: the problem is then recorded as an error with the backend's message,
+    not as a silent "no answer". The answer's branch and `support` are marked selected.
     """
-    import inspect
-
     best: Solution | None = None
     ended_by: str | None = None
     try:
@@ -352,7 +385,7 @@ async def run_strategy(strategy: Any, problem: Problem, ctx: SolveContext) -> So
             async for current in out:
                 best = cast(Solution, current)
         else:
-            best = cast(Solution, await out)
+            best = cast(Solution, await cast(Any, out))
     except BudgetExceeded as exc:
         ended_by = "early_stop" if getattr(exc, "early", False) else "budget"
     except BackendError:
@@ -370,18 +403,31 @@ async def run_strategy(strategy: Any, problem: Problem, ctx: SolveContext) -> So
     return best
 
 
-def _fallback(ctx: SolveContext) -> Solution | None:
+async def solve_problem(
+    strategy: Strategy,
+    problem: Problem,
+    ctx: ProblemContext,
+    ledger: Ledger,
+    *,
+    allocator: Allocator | None = None,
+) -> Solution:
+    """What the runner does with a problem's context: the allocator prepares it (a probe,
+    and a `Plan`: the problem's budget, never below what was spent, and its strategy),
+    then `run_strategy` searches. `ledger` is the one the context was built with."""
+    if allocator is not None:
+        plan = await allocator.prepare(problem, ctx)
+        if plan is not None:
+            if plan.budget is not None:
+                ledger.rebudget(plan.budget)
+            strategy = plan.strategy or strategy
+    return await run_strategy(strategy, problem, ctx)
+
+
+def _fallback(ctx: ProblemContext) -> Solution | None:
     """The most frequent answer among the finished branches (None: no branch states
     one); its best-scoring branch carries it."""
-    from collections import defaultdict
-
-    groups: dict[str, list[Branch]] = defaultdict(list)
-    for b in ctx.leaves():
-        a = ctx.answer(b)
-        if a is not None:
-            groups[ctx.normalize(a)].append(b)
-    if not groups:
+    votes = tally(ctx.leaves(), answer=ctx.answer, normalize=ctx.normalize)
+    if not votes:
         return None
-    members = max(groups.values(), key=len)  # first seen wins ties (dicts keep order)
-    branch = max(members, key=lambda b: b.score if b.score is not None else -math.inf)
-    return Solution(answer=ctx.answer(branch), branch=branch, trace={"fallback": "vote"})
+    top = votes[0]
+    return Solution(answer=top.answer, branch=top.best, trace={"fallback": "vote"})

@@ -1,5 +1,5 @@
 """The abstract interfaces plugins implement: backends, strategies, reward models,
-allocators and tasks.
+allocators and tasks; and `SolveContext`, the one thing a strategy is given.
 
 Every implementation is registered under a `name` together with a config dataclass (its
 Hydra schema); the runner builds it as `cls(config)` (plus the collaborators named in the
@@ -9,24 +9,111 @@ constructor's documentation below).
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+import random
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 from ttc.types import (
+    Branch,
     GenerateRequest,
     GenerateResult,
     ModelArchitecture,
     ModelPass,
     Problem,
+    Sampling,
     ScoreRequest,
     ScoreResult,
     Solution,
 )
 
 if TYPE_CHECKING:
-    from ttc.budget import Budget
-    from ttc.context import SolveContext
+    from types import TracebackType
+
+    from ttc.budget import Budget, Unit
+
+
+@runtime_checkable
+class SolveContext(Protocol):
+    """What a strategy may use to solve one problem (the strategy contract).
+
+    A strategy spends only through `generate` and `score`. Each call is authorised
+    against the problem's budget before it runs (its worst case is reserved, so calls
+    gathered concurrently cannot overspend together); a call the budget cannot cover
+    raises `ttc.errors.BudgetExceeded`, and a call whose every request failed raises
+    `ttc.errors.BackendError`. A strategy does not catch either: the search then ends in
+    `ttc.context.run_strategy` with the last answer the strategy yielded (see
+    `Strategy.solve`). The scheduler, the ledger and the store are not reachable from
+    here.
+    """
+
+    problem: Problem
+    root: Branch
+    """The empty branch every search starts from (the prompt)."""
+    rng: random.Random
+    """The problem's own random stream (seeded by the run's seed and the problem id)."""
+
+    async def generate(self, branches: Sequence[Branch], sampling: Sampling) -> list[Branch]:
+        """Continue each branch `sampling.n` times; the children, grouped by parent in
+        order (a child is `finished` unless a stop string ended it). `max_tokens` may be
+        lowered to what the budget allows. A request that fails is dropped (recorded)."""
+        ...
+
+    async def score(self, branches: Sequence[Branch]) -> list[float]:
+        """Score branches with the reward model: sets `step_scores` and `score` on each
+        (`score` None, -inf in the list, where scoring failed) and returns the scores."""
+        ...
+
+    def answer(self, branch: Branch) -> str | None:
+        """The final answer a branch states (the task extracts it), or None."""
+        ...
+
+    def normalize(self, answer: str) -> str:
+        """The task's canonical form of an answer, for voting."""
+        ...
+
+    def path(self, branch: Branch) -> list[Branch]:
+        """The branches from the root's first child down to `branch`."""
+        ...
+
+    def leaves(self) -> list[Branch]:
+        """Every finished branch created so far (an allocator's probe samples included)."""
+        ...
+
+    def remaining(self, unit: Unit | str) -> float | None:
+        """What is left of an enforced budget unit after the calls in flight (None: that
+        unit is not limited)."""
+        ...
+
+    def should_stop(self) -> bool:
+        """Whether the allocator would refuse the next call (e.g. the answers agree)."""
+        ...
+
+    @property
+    def has_reward(self) -> bool:
+        """Whether a reward model is configured (`score` raises `ConfigError` if not)."""
+        ...
+
+    def limit(self, **limits: float) -> LimitedContext:
+        """A context for part of the search with its own limits (budget units, e.g.
+        `tokens=2000, reward_calls=8`), inside the problem's budget and sharing its tree.
+        `async with ctx.limit(tokens=2000) as sub:` ends the block, not the search, when
+        these limits refuse a call."""
+        ...
+
+
+class LimitedContext(SolveContext, Protocol):
+    """A `SolveContext` with its own sub-budget; an async context manager that swallows
+    the refusals of its own limits."""
+
+    async def __aenter__(self) -> LimitedContext: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool: ...
 
 
 class Backend(abc.ABC):
@@ -139,9 +226,16 @@ class Strategy(abc.ABC):
         self.config = config
 
     @abc.abstractmethod
-    async def solve(self, problem: Problem, ctx: SolveContext) -> Solution:
-        """Search for an answer; spend only through `ctx`; catch `BudgetExceeded` and
-        return the best answer found so far."""
+    def solve(
+        self, problem: Problem, ctx: SolveContext
+    ) -> AsyncIterator[Solution] | Awaitable[Solution]:
+        """Search for an answer, spending only through `ctx`.
+
+        Write it as an async generator that yields the current answer whenever there is
+        a better one (`async def solve(...): ... yield solution`): when the budget
+        refuses a call, the last answer yielded is the problem's answer, so the search
+        needs no `try`/`except` of its own. A plain coroutine returning one `Solution`
+        works too (a refusal then leaves it only the runner's fallback vote)."""
 
 
 @dataclass(frozen=True)

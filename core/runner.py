@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ttc.budget import Budget, Ledger
 from ttc.config import StoreConfig, instantiate_config, to_object, validate
-from ttc.context import SolveContext, run_strategy
+from ttc.context import ProblemContext, solve_problem
 from ttc.cost import CostModel, check_measurable
 from ttc.errors import ConfigError, DataError
 from ttc.interfaces import Allocator, Backend, RewardModel, Strategy, Task
@@ -125,7 +125,7 @@ def hardware() -> dict[str, Any]:
 
 
 def grade(
-    task: Task, problem: Problem, solution: Solution | None, ctx: SolveContext
+    task: Task, problem: Problem, solution: Solution | None, ctx: ProblemContext
 ) -> dict[str, Any]:
     """Correctness of the chosen answer, and pass@1 / majority / oracle over the leaves."""
     cache: dict[str | None, bool | None] = {}
@@ -347,7 +347,7 @@ class Runner:
             budget = parts.allocator.budget_for(problem)
             ledger = Ledger(budget, cost)
             prompt = parts.backend.render(problem)
-            ctx = SolveContext(
+            ctx = ProblemContext(
                 problem=problem,
                 prompt=prompt,
                 prompt_ids=parts.backend.encode(prompt),
@@ -364,17 +364,13 @@ class Runner:
         status: Any = "ok"
         error = None
         try:
-            plan = await parts.allocator.prepare(problem, ctx)
-            strategy = parts.strategy
-            if plan is not None:
-                if plan.budget is not None:
-                    ledger.rebudget(plan.budget)
-                strategy = plan.strategy or strategy
-            budget = ledger.budget
-            solution = await run_strategy(strategy, problem, ctx)
+            solution = await solve_problem(
+                parts.strategy, problem, ctx, ledger, allocator=parts.allocator
+            )
         except Exception as exc:
             status = "error"
             error = _format_error(exc)
+        budget = ledger.budget  # the allocator's plan may have chosen another one
         spent = ledger.close().as_dict()
         parts.allocator.release(problem, budget, spent)
         if solution is not None and solution.branch is not None:

@@ -21,14 +21,14 @@ import random
 import re
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from ttc.budget import Budget, Ledger
+from ttc.budget import Budget, Ledger, Spent
 from ttc.config import BackendConfig, RewardConfig, TaskConfig, bounded
-from ttc.context import SolveContext, run_strategy
+from ttc.context import ProblemContext, solve_problem
 from ttc.cost import CostModel
-from ttc.interfaces import Backend, RewardModel, Strategy, Task
+from ttc.interfaces import Allocator, Backend, RewardModel, Strategy, Task
 from ttc.scheduler import Scheduler
 from ttc.types import (
     GenerateRequest,
@@ -262,6 +262,93 @@ def synthetic_problem(index: int = 0, *, answer: int = 42) -> Problem:
     )
 
 
+@dataclass
+class Outcome:
+    """One problem solved through `solve_all`: the answer, its context and its ledger."""
+
+    problem: Problem
+    solution: Solution
+    ctx: ProblemContext
+    ledger: Ledger
+
+    @property
+    def spent(self) -> Spent:
+        return self.ledger.spent
+
+    @property
+    def correct(self) -> bool:
+        a = self.solution.answer
+        return a is not None and a.strip() == (self.problem.reference or "").strip()
+
+
+def wire(
+    problem: Problem,
+    *,
+    scheduler: Scheduler,
+    task: Task,
+    budget: Budget | None = None,
+    aggregate: str = "last",
+    seed: int = 0,
+) -> tuple[ProblemContext, Ledger]:
+    """What the runner builds for one problem: its prompt (rendered and encoded by the
+    scheduler's backend), its ledger (with the backend's cost model) and its context."""
+    backend = scheduler.backend
+    prompt = backend.render(problem)
+    ledger = Ledger(budget or Budget(), CostModel(backend.architecture))
+    ctx = ProblemContext(
+        problem=problem,
+        prompt=prompt,
+        prompt_ids=backend.encode(prompt),
+        scheduler=scheduler,
+        ledger=ledger,
+        task=task,
+        aggregate=aggregate,
+        seed=seed,
+    )
+    return ctx, ledger
+
+
+def solve_all(
+    strategy: Strategy,
+    problems: Sequence[Problem],
+    *,
+    backend: Backend,
+    task: Task,
+    reward: RewardModel | None = None,
+    budget: Budget | None = None,
+    allocator: Allocator | None = None,
+    aggregate: str = "last",
+    seed: int = 0,
+    max_batch_size: int = 512,
+    on_error: Callable[[Problem, ProblemContext, BaseException], Solution] | None = None,
+) -> list[Outcome]:
+    """Solve every problem concurrently through one scheduler, as the Runner does (the
+    allocator's budget and plan included), without a store. `on_error` turns an
+    exception a problem raised into its solution (the runner records it as an error);
+    without it the exception propagates."""
+
+    async def one(scheduler: Scheduler, problem: Problem) -> Outcome:
+        b = allocator.budget_for(problem) if allocator is not None else budget
+        ctx, ledger = wire(
+            problem, scheduler=scheduler, task=task, budget=b, aggregate=aggregate, seed=seed
+        )
+        try:
+            sol = await solve_problem(strategy, problem, ctx, ledger, allocator=allocator)
+        except Exception as exc:
+            if on_error is None:
+                raise
+            sol = on_error(problem, ctx, exc)
+        return Outcome(problem, sol, ctx, ledger)
+
+    async def go() -> list[Outcome]:
+        scheduler = Scheduler(backend, reward, max_batch_size=max_batch_size, max_wait_s=0.0)
+        if allocator is not None:
+            allocator.plan(list(problems))
+        return list(await asyncio.gather(*(one(scheduler, p) for p in problems)))
+
+    return asyncio.run(go())
+
+
 class StrategyConformance:
     """A conformance suite for strategies: subclass it in a test module as `TestX` and set
     `strategy` to an instance of yours; pytest runs the inherited tests.
@@ -275,28 +362,18 @@ class StrategyConformance:
 
     def solve(
         self, problem: Problem | None = None, *, budget: Budget | None = None
-    ) -> tuple[Solution, SolveContext]:
-        import asyncio
-
-        problem = problem or synthetic_problem()
-        backend = ScriptedBackend(self.backend_config)
+    ) -> tuple[Solution, ProblemContext]:
         reward = SyntheticReward(self.reward_config) if self.strategy.uses_reward else None
-        task = SyntheticTask(SyntheticTaskConfig())
-
-        async def go() -> tuple[Solution, SolveContext]:
-            scheduler = Scheduler(backend, reward, max_batch_size=64, max_wait_s=0.0)
-            prompt = backend.render(problem)
-            ctx = SolveContext(
-                problem=problem,
-                prompt=prompt,
-                prompt_ids=backend.encode(prompt),
-                scheduler=scheduler,
-                ledger=Ledger(budget or Budget(), CostModel(backend.architecture)),
-                task=task,
-            )
-            return await run_strategy(self.strategy, problem, ctx), ctx
-
-        return asyncio.run(go())
+        (out,) = solve_all(
+            self.strategy,
+            [problem or synthetic_problem()],
+            backend=ScriptedBackend(self.backend_config),
+            task=SyntheticTask(SyntheticTaskConfig()),
+            reward=reward,
+            budget=budget,
+        )
+        self.ledger = out.ledger
+        return out.solution, out.ctx
 
     def test_returns_an_answer_stated_by_one_of_its_branches(self) -> None:
         solution, ctx = self.solve()
@@ -309,19 +386,19 @@ class StrategyConformance:
 
     def test_stays_within_a_token_budget(self) -> None:
         for limit in (8, 30, 90):
-            _, ctx = self.solve(budget=Budget(tokens=limit))
-            assert ctx.ledger.spent.tokens <= limit
+            self.solve(budget=Budget(tokens=limit))
+            assert self.ledger.spent.tokens <= limit
 
     def test_stays_within_a_sample_budget(self) -> None:
         for limit in (1, 3):
-            _, ctx = self.solve(budget=Budget(samples=limit))
-            assert ctx.ledger.spent.samples <= limit
+            self.solve(budget=Budget(samples=limit))
+            assert self.ledger.spent.samples <= limit
 
     def test_a_refused_first_call_ends_the_search_without_raising(self) -> None:
         solution, ctx = self.solve(budget=Budget(flops=1.0))
         assert isinstance(solution, Solution)
         assert any(c.status == "refused" for c in ctx.calls)
-        assert ctx.ledger.spent.tokens == 0
+        assert self.ledger.spent.tokens == 0
 
     def test_every_branch_descends_from_the_root(self) -> None:
         _, ctx = self.solve()

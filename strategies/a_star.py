@@ -15,11 +15,13 @@ solutions wait in a priority queue ordered by f = g + w * h:
 
 Each round pops the `pop` best partial solutions and samples `expansions` next steps for
 each; a finished solution goes back into the queue with h = 0 and is accepted when it
-is popped (its f is then at least every open prefix's estimate). The search stops when
-`solutions` complete solutions are accepted, when the queue is empty, or when the
-strategy's own `token_budget` / `reward_call_budget` or the run's budget is spent. It
-returns the accepted (else the best generated complete, else the best partial) solution
-with the highest g.
+is popped (its f is then at least every open prefix's estimate). A child whose scoring
+failed is not queued (its g is unknown; it never inherits its parent's). The search
+stops when `solutions` complete solutions are accepted, when the queue is empty, or
+when the budget refuses a call (the paper's token and reward-call budgets are the run's
+`budget.tokens` / `budget.reward_calls`, or a sub-budget `ctx.limit(...)` of a strategy
+that runs A* as one phase). It answers with the accepted (else the best generated
+complete, else the best partial) solution with the highest g.
 """
 
 from __future__ import annotations
@@ -27,14 +29,15 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from statistics import fmean
+from typing import Any
 
 from ttc.config import StrategyConfig, bounded
-from ttc.context import SolveContext
-from ttc.errors import BackendError, BudgetExceeded
-from ttc.interfaces import Strategy
-from ttc.strategies.common import ended_by, mark_steps, solution, step_sampling
+from ttc.errors import BackendError
+from ttc.interfaces import SolveContext, Strategy
+from ttc.strategies.common import mark_steps, solution, step_sampling
 from ttc.types import Branch, Problem, Solution
 
 MAX_FAILED_CALLS = 3
@@ -52,8 +55,6 @@ class AStarConfig(StrategyConfig):
     heuristic_weight: float = bounded(1.0, ge=0.0, help="w in f = g + w * h")
     horizon: int = bounded(8, ge=1, help="expected steps of a solution, before one finishes")
     solutions: int = bounded(1, ge=1, help="complete solutions to accept before stopping")
-    token_budget: int | None = bounded(None, ge=1, help="generated tokens at most")
-    reward_call_budget: int | None = bounded(None, ge=1, help="reward-model calls at most")
     max_depth: int = bounded(16, ge=1, help="steps of a solution at most")
     step_delimiter: str = "\n\n"
     """A step ends where this string appears; empty: steps of `step_tokens` tokens."""
@@ -81,7 +82,7 @@ class AStar(Strategy):
         remaining = max(depth_estimate - b.step, 1.0)
         return remaining * math.log(max(r, EPS))
 
-    async def solve(self, problem: Problem, ctx: SolveContext) -> Solution:
+    async def solve(self, problem: Problem, ctx: SolveContext) -> AsyncIterator[Solution]:
         c = self.config
         sampling = step_sampling(
             n=c.expansions,
@@ -90,8 +91,6 @@ class AStar(Strategy):
             step_delimiter=c.step_delimiter,
             step_tokens=c.step_tokens,
         )
-        spent = ctx.ledger.spent
-        tokens0, calls0 = spent.tokens, spent.reward_calls
         tie = itertools.count()
         # Max-heap on f via negation; deeper nodes first on ties (they are further on).
         queue: list[tuple[float, int, int, Branch]] = [(-0.0, 0, next(tie), ctx.root)]
@@ -101,6 +100,13 @@ class AStar(Strategy):
         depths: list[int] = []
         stop = "exhausted"
         expanded = failures = 0
+
+        def answer(**trace: Any) -> Solution:
+            pool = accepted or complete or partial
+            best = max(pool, key=path_cost) if pool else None
+            g = None if best is None else path_cost(best)
+            return solution(ctx, best, expanded=expanded, accepted=len(accepted), g=g, **trace)
+
         while queue:
             batch: list[Branch] = []
             while queue and len(batch) < c.pop and len(accepted) < c.solutions:
@@ -115,47 +121,24 @@ class AStar(Strategy):
                 break
             if not batch:
                 continue
-            tokens_left = (
-                None if c.token_budget is None else c.token_budget - (spent.tokens - tokens0)
-            )
-            step = sampling
-            if tokens_left is not None:
-                per_seq = tokens_left // (len(batch) * c.expansions)
-                if per_seq < 1:
-                    stop = "token_budget"
-                    break
-                step = sampling.replace(max_tokens=min(sampling.max_tokens, per_seq))
-            if c.reward_call_budget is not None and (
-                spent.reward_calls - calls0 >= c.reward_call_budget
-            ):
-                stop = "reward_call_budget"
-                break
             try:
-                children = await ctx.generate(batch, step)
-            except BackendError as exc:
+                children = await ctx.generate(batch, sampling)
+            except BackendError:
                 # The popped nodes are dropped (the context recorded the failure); the
                 # rest of the queue is still worth searching, unless the backend is gone.
                 failures += 1
                 if failures >= MAX_FAILED_CALLS:
-                    stop = ended_by(ctx, exc)
-                    break
+                    raise
                 continue
-            except BudgetExceeded as exc:
-                stop = ended_by(ctx, exc)
-                break
             mark_steps(children)
             try:
                 await ctx.score(children)
-            except BackendError as exc:
+            except BackendError:
                 # Every child's scoring failed: none is a candidate (see below), and the
                 # rest of the queue is still worth searching, unless the reward model is gone.
                 failures += 1
                 if failures >= MAX_FAILED_CALLS:
-                    stop = ended_by(ctx, exc)
-                    break
-            except BudgetExceeded as exc:
-                stop = ended_by(ctx, exc)
-                break
+                    raise
             else:
                 failures = 0
             expanded += len(batch)
@@ -171,15 +154,7 @@ class AStar(Strategy):
                 ch.extra["g"], ch.extra["f"] = g, f
                 (complete if ch.finished else partial).append(ch)
                 heapq.heappush(queue, (-f, -ch.step, next(tie), ch))
+            yield answer()
         else:
             stop = "solved" if accepted else "exhausted"
-        pool = accepted or complete or partial
-        best = max(pool, key=path_cost) if pool else None
-        return solution(
-            ctx,
-            best,
-            ended_by=stop,
-            expanded=expanded,
-            accepted=len(accepted),
-            g=None if best is None else path_cost(best),
-        )
+        yield answer(ended_by=stop)

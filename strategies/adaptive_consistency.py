@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 from ttc.config import bounded
-from ttc.context import SolveContext
-from ttc.interfaces import Strategy
+from ttc.interfaces import SolveContext, Strategy
 from ttc.strategies.best_of_n import sampling_for
-from ttc.strategies.common import STOPS, SampleConfig, ended_by, finish_all, solution, tally
+from ttc.strategies.common import SampleConfig, finish_all, solution, votes
 from ttc.types import Branch, Problem, Solution
 
 
@@ -84,7 +85,7 @@ class AdaptiveConsistency(Strategy):
     name = "adaptive_consistency"
     uses_reward = False
 
-    async def solve(self, problem: Problem, ctx: SolveContext) -> Solution:
+    async def solve(self, problem: Problem, ctx: SolveContext) -> AsyncIterator[Solution]:
         c = self.config
         # The Monte Carlo criterion gets its own stream so it does not shift the seeds
         # the context draws for generation.
@@ -94,37 +95,40 @@ class AdaptiveConsistency(Strategy):
         samples = samples[: c.max_samples]
         history: list[float] = []
         stop = "max_samples"
-        while len(samples) < c.max_samples:
+        while True:
+            if len(samples) >= c.min_samples:
+                counts = [t.count for t in votes(ctx, samples)]
+                p = confidence(counts, c.criterion, alpha=c.alpha, draws=c.mc_draws, rng=mc_rng)
+                history.append(p)
+                if p >= c.threshold:
+                    stop = "confident"
+                    break
+            if len(samples) >= c.max_samples:
+                break
             want = min(c.batch, c.max_samples - len(samples))
             if len(samples) < c.min_samples:
                 want = max(want, min(c.min_samples, c.max_samples) - len(samples))
-            try:
-                drawn = await ctx.generate([ctx.root], sampling_for(ctx, c, want))
-            except STOPS as exc:
-                stop = ended_by(ctx, exc)
-                break
+            drawn = await ctx.generate([ctx.root], sampling_for(ctx, c, want))
             finish_all(drawn)
             samples += drawn
-            if len(samples) < c.min_samples:
-                continue
-            counts = [t.count for t in tally(ctx, samples)]
-            p = confidence(counts, c.criterion, alpha=c.alpha, draws=c.mc_draws, rng=mc_rng)
-            history.append(p)
-            if p >= c.threshold:
-                stop = "confident"
-                break
-        votes = tally(ctx, samples)
-        if not votes:
-            return solution(ctx, samples[0] if samples else None, n=len(samples), ended_by=stop)
-        for b in samples:
-            a = ctx.answer(b)
-            b.selected = a is not None and ctx.normalize(a) == votes[0].key
+            yield self._vote(ctx, samples, stop=None, history=history)
+        yield self._vote(ctx, samples, stop=stop, history=history)
+
+    @staticmethod
+    def _vote(
+        ctx: SolveContext, samples: list[Branch], *, stop: str | None, history: list[float]
+    ) -> Solution:
+        found = votes(ctx, samples)
+        trace: dict[str, Any] = {"n": len(samples), "confidence": list(history)}
+        if stop is not None:
+            trace["ended_by"] = stop
+        if not found:
+            return solution(ctx, samples[0] if samples else None, **trace)
         return solution(
             ctx,
-            votes[0].best,
-            answer=votes[0].answer,
-            n=len(samples),
-            ended_by=stop,
-            confidence=history,
-            votes={t.answer: t.count for t in votes},
+            found[0].best,
+            answer=found[0].answer,
+            support=found[0].members,
+            votes={t.answer: t.count for t in found},
+            **trace,
         )

@@ -13,21 +13,13 @@ returned.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from ttc.aggregation import best_by_score, score_of
 from ttc.config import bounded
-from ttc.context import SolveContext
-from ttc.interfaces import Strategy
-from ttc.strategies.common import (
-    STOPS,
-    StepSearchConfig,
-    best_by_score,
-    ended_by,
-    mark_steps,
-    score_of,
-    solution,
-    step_sampling,
-)
+from ttc.interfaces import SolveContext, Strategy
+from ttc.strategies.common import StepSearchConfig, mark_steps, solution, step_sampling
 from ttc.types import Branch, Problem, Solution
 
 
@@ -41,7 +33,7 @@ class BeamSearchConfig(StepSearchConfig):
 class BeamSearch(Strategy):
     name = "beam_search"
 
-    async def solve(self, problem: Problem, ctx: SolveContext) -> Solution:
+    async def solve(self, problem: Problem, ctx: SolveContext) -> AsyncIterator[Solution]:
         c = self.config
         sampling = step_sampling(
             n=c.expansions,
@@ -59,13 +51,9 @@ class BeamSearch(Strategy):
             # search starts with a full beam rather than `expansions` candidates.
             first = beams == [ctx.root]
             step = sampling.replace(n=c.beam_width * c.expansions) if first else sampling
-            try:
-                children = await ctx.generate(beams, step)
-                mark_steps(children)
-                await ctx.score(children)
-            except STOPS as exc:
-                stop = ended_by(ctx, exc)
-                break
+            children = await ctx.generate(beams, step)
+            mark_steps(children)
+            await ctx.score(children)
             finished += [b for b in children if b.finished and b.scored]
             # A branch whose newest step failed scoring is no candidate (never first).
             active = sorted(
@@ -81,5 +69,6 @@ class BeamSearch(Strategy):
             if not beams:
                 stop = "no_beams"
                 break
+            yield solution(ctx, best_by_score(finished or partial), finished=len(finished))
         best = best_by_score(finished or partial)
-        return solution(ctx, best, ended_by=stop, finished=len(finished))
+        yield solution(ctx, best, ended_by=stop, finished=len(finished))

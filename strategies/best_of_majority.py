@@ -12,24 +12,23 @@ pass@k). When no answer is frequent enough, the most frequent ones are used inst
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from statistics import fmean
 
+from ttc.aggregation import Tally, score_of
 from ttc.config import bounded
-from ttc.context import SolveContext
-from ttc.interfaces import Strategy
-from ttc.strategies.best_of_n import majority, sampling_for
+from ttc.interfaces import SolveContext, Strategy
+from ttc.strategies.best_of_n import sampling_for
 from ttc.strategies.common import (
-    STOPS,
     SampleConfig,
     draw_samples,
-    ended_by,
     finish_all,
-    score_of,
+    majority,
     solution,
-    tally,
+    votes,
 )
-from ttc.types import Branch, Problem, Solution
+from ttc.types import Problem, Solution
 
 
 @dataclass
@@ -48,49 +47,38 @@ class BestOfMajorityConfig(SampleConfig):
 class BestOfMajority(Strategy):
     name = "best_of_majority"
 
-    async def solve(self, problem: Problem, ctx: SolveContext) -> Solution:
+    async def solve(self, problem: Problem, ctx: SolveContext) -> AsyncIterator[Solution]:
         c = self.config
-        try:
-            samples = await draw_samples(ctx, sampling_for(ctx, c, c.n))
-        except STOPS as exc:
-            return Solution(answer=None, trace={"ended_by": ended_by(ctx, exc)})
+        samples = await draw_samples(ctx, sampling_for(ctx, c, c.n))
         finish_all(samples)
-        try:
-            await ctx.score(samples)
-        except STOPS as exc:
-            return solution(ctx, majority(ctx, samples), ranked=False, ended_by=ended_by(ctx, exc))
-        votes = tally(ctx, samples)
-        if not votes:
-            return solution(ctx, None, n=len(samples), answers=[])
+        yield solution(ctx, majority(ctx, samples), ranked=False)  # should scoring be refused
+        await ctx.score(samples)
+        found = votes(ctx, samples)
+        if not found:
+            yield solution(ctx, None, n=len(samples), answers=[])
+            return
         # The threshold is on the share of all n samples (unanswered ones included): an
         # answer the model rarely gives is filtered however high the reward rates it.
         need = c.min_frequency * len(samples)
-        kept = [t for t in votes if t.count >= need - 1e-9]
+        kept = [t for t in found if t.count >= need - 1e-9]
         fallback = not kept
         if fallback:
-            kept = [t for t in votes if t.count == votes[0].count]
-        members: dict[str, list[Branch]] = {t.key: [] for t in kept}
-        for b in samples:
-            a = ctx.answer(b)
-            if a is not None and (key := ctx.normalize(a)) in members:
-                members[key].append(b)
+            kept = [t for t in found if t.count == found[0].count]
 
-        def reward(key: str) -> float:
-            values = [score_of(b) for b in members[key]]
+        def reward(t: Tally) -> float:
+            values = [score_of(b) for b in t.members]
             return max(values) if c.answer_score == "max" else fmean(values)
 
-        ranked = sorted(kept, key=lambda t: reward(t.key), reverse=True)[: c.k]
-        for t in ranked:
-            for b in members[t.key]:
-                b.selected = True
-        return solution(
+        ranked = sorted(kept, key=reward, reverse=True)[: c.k]
+        yield solution(
             ctx,
             ranked[0].best,
             answer=ranked[0].answer,
+            support=[b for t in ranked for b in t.members],
             n=len(samples),
             answers=[t.answer for t in ranked],
-            rewards=[reward(t.key) for t in ranked],
+            rewards=[reward(t) for t in ranked],
             frequencies=[t.count / len(samples) for t in ranked],
-            filtered_out=len(votes) - len(kept),
+            filtered_out=len(found) - len(kept),
             fallback=fallback,
         )

@@ -10,27 +10,23 @@ is refused, the answer falls back to a majority vote over the samples.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+from ttc.aggregation import AGGREGATIONS, best_by_score
 from ttc.config import bounded
-from ttc.context import SolveContext
 from ttc.errors import BackendError, BudgetExceeded
-from ttc.interfaces import Strategy
+from ttc.interfaces import SolveContext, Strategy
 from ttc.strategies.common import (
-    STOPS,
     SampleConfig,
-    best_by_score,
     draw_samples,
-    ended_by,
     finish_all,
+    majority,
     mark_steps,
     solution,
-    tally,
 )
 from ttc.types import Branch, Problem, Sampling, Solution
-
-AGGREGATIONS = ["last", "min", "prod", "mean"]
 
 
 @dataclass
@@ -43,14 +39,6 @@ class BestOfNConfig(SampleConfig):
     step_delimiter: str = ""
     """Draw samples step by step, a step ending at this string (empty: in one call)."""
     max_steps: int = bounded(32, ge=1, help="steps per sample at most (step_delimiter set)")
-
-
-def majority(ctx: SolveContext, branches: list[Branch]) -> Branch | None:
-    """The best branch stating the most frequent (normalised) answer."""
-    votes = tally(ctx, branches)
-    if not votes:
-        return branches[0] if branches else None
-    return votes[0].best
 
 
 def sampling_for(ctx: SolveContext, c: Any, n: int) -> Sampling:
@@ -75,8 +63,9 @@ async def stepwise(
     """`sampling.n` samples drawn one step at a time; returns the last node of each chain.
 
     A chain ends at end-of-sequence, at `max_steps`, or when its tokens reach
-    `sampling.max_tokens`; when the budget refuses a round, the chains end where they are
-    (their partial text is still a sample to rank), unless nothing was drawn at all.
+    `sampling.max_tokens` (each chain its own allowance). When the budget refuses a
+    round, the chains end where they are: their partial text is still a sample to rank,
+    so this refusal ends the drawing, not the search (unless nothing was drawn).
     """
     step = sampling.replace(stop=(delimiter,))
     heads = await ctx.generate([ctx.root], step)
@@ -85,7 +74,7 @@ async def stepwise(
         active = [b for b in heads if not b.finished and len(b.token_ids) < sampling.max_tokens]
         if not active:
             break
-        # Each chain gets its own allowance: chains with the same room share one call.
+        # Chains with the same room left share one call.
         groups: dict[int, list[Branch]] = {}
         for b in active:
             groups.setdefault(sampling.max_tokens - len(b.token_ids), []).append(b)
@@ -110,21 +99,16 @@ async def stepwise(
 class BestOfN(Strategy):
     name = "best_of_n"
 
-    async def solve(self, problem: Problem, ctx: SolveContext) -> Solution:
+    async def solve(self, problem: Problem, ctx: SolveContext) -> AsyncIterator[Solution]:
         c = self.config
-        try:
-            sampling = sampling_for(ctx, c, c.n)
-            if c.step_delimiter:
-                samples = await stepwise(ctx, sampling, c.step_delimiter, c.max_steps)
-            else:
-                samples = await draw_samples(ctx, sampling)
-        except STOPS as exc:
-            return Solution(answer=None, trace={"ended_by": ended_by(ctx, exc)})
+        sampling = sampling_for(ctx, c, c.n)
+        if c.step_delimiter:
+            samples = await stepwise(ctx, sampling, c.step_delimiter, c.max_steps)
+        else:
+            samples = await draw_samples(ctx, sampling)
         finish_all(samples)
-        try:
-            await ctx.score(samples)
-        except STOPS as exc:
-            # Unranked samples still carry information: fall back to their majority.
-            return solution(ctx, majority(ctx, samples), ranked=False, ended_by=ended_by(ctx, exc))
-        best = best_by_score(samples, c.aggregate)
-        return solution(ctx, best, n=len(samples), ranked=True)
+        # Unranked samples still carry information: their majority, should scoring be
+        # refused.
+        yield solution(ctx, majority(ctx, samples), ranked=False)
+        await ctx.score(samples)
+        yield solution(ctx, best_by_score(samples, c.aggregate), n=len(samples), ranked=True)

@@ -1,26 +1,22 @@
-"""Helpers every search strategy shares: ending a search gracefully, voting over answers,
-ranking by score, and marking the branches a strategy keeps.
+"""Helpers every search strategy shares: configs, sampling a step, drawing whole
+samples, marking finished branches, building a `Solution`, and the weights of
+sequential Monte Carlo. Ranking and voting live in `ttc.aggregation`.
 
-A strategy ends its search when the context refuses a call (`BudgetExceeded`) or when
-every request of a call failed (`BackendError`); both are caught with `STOPS` and the
-best answer found so far is returned.
+A strategy does not catch refusals: it yields its current answer as it goes, and
+`ttc.context.run_strategy` ends the search with the last one when a call is refused.
 """
 
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
+from ttc.aggregation import Tally, tally
 from ttc.config import StrategyConfig, bounded
-from ttc.context import SolveContext, aggregate
-from ttc.errors import BackendError, BudgetExceeded
+from ttc.interfaces import SolveContext
 from ttc.types import Branch, Sampling, Solution
-
-STOPS: tuple[type[Exception], ...] = (BudgetExceeded, BackendError)
-"""Exceptions that end a search (not the run): the budget refused a call, or every request
-of a call failed (the context already recorded the failed branches)."""
 
 
 @dataclass
@@ -44,26 +40,6 @@ class StepSearchConfig(StrategyConfig):
     step_tokens: int = bounded(128, ge=1, help="tokens per step at most")
     temperature: float = bounded(0.8, ge=0.0, help="sampling temperature of the policy")
     top_p: float = bounded(1.0, gt=0.0, le=1.0)
-
-
-def ended_by(ctx: SolveContext, exc: BaseException) -> str:
-    """The `trace["ended_by"]` value for an exception in `STOPS`.
-
-    A backend failure before the search has any branch to answer from is re-raised: the
-    problem is then recorded as an error with the backend's message, not as a silent
-    "no answer"."""
-    if isinstance(exc, BackendError) and len(ctx.branches) <= 1:
-        raise exc
-    return "budget" if isinstance(exc, BudgetExceeded) else "backend_error"
-
-
-def score_of(b: Branch, how: str | None = None) -> float:
-    """A branch's aggregated score: the context's (`reward.aggregate`) by default, or its
-    step scores aggregated `how`; unscored branches rank last."""
-    if how is not None and b.step_scores:
-        value = aggregate(b.step_scores, how)
-        return float("-inf") if value is None else value
-    return b.score if b.score is not None else float("-inf")
 
 
 def mark_steps(children: Iterable[Branch]) -> None:
@@ -94,69 +70,39 @@ def finish_all(samples: Iterable[Branch]) -> None:
         b.finished = True
 
 
-@dataclass(frozen=True, slots=True)
-class Tally:
-    """Votes for one normalised answer."""
-
-    key: str
-    answer: str
-    count: int
-    weight: float
-    best: Branch
-    """The highest-scoring branch that states this answer (first one on ties)."""
-
-
-def tally(
+def votes(
     ctx: SolveContext,
     branches: Sequence[Branch],
     weights: Sequence[float] | None = None,
     *,
     how: str | None = None,
 ) -> list[Tally]:
-    """Group branches by normalised answer; most votes (or weight) first.
-
-    Branches without an answer do not vote. Ties are broken by the best score among the
-    answer's branches, then by first appearance, so the order is deterministic.
-    """
-    counts: dict[str, int] = defaultdict(int)
-    mass: dict[str, float] = defaultdict(float)
-    order: dict[str, int] = {}
-    best: dict[str, tuple[str, Branch]] = {}
-    for i, b in enumerate(branches):
-        a = ctx.answer(b)
-        if a is None:
-            continue
-        key = ctx.normalize(a)
-        order.setdefault(key, i)
-        counts[key] += 1
-        mass[key] += 1.0 if weights is None else float(weights[i])
-        if key not in best or score_of(b, how) > score_of(best[key][1], how):
-            best[key] = (a, b)
-    out = [
-        Tally(key=k, answer=best[k][0], count=counts[k], weight=mass[k], best=best[k][1])
-        for k in counts
-    ]
-    out.sort(key=lambda t: (-t.weight, -score_of(t.best, how), order[t.key]))
-    return out
+    """`ttc.aggregation.tally` with the task's answers: most votes (or weight) first."""
+    return tally(branches, answer=ctx.answer, normalize=ctx.normalize, weights=weights, how=how)
 
 
-def best_by_score(branches: Sequence[Branch], how: str | None = None) -> Branch | None:
-    """The highest-scoring branch (first one on ties), or None."""
-    if not branches:
-        return None
-    return max(branches, key=lambda b: score_of(b, how))
+def majority(ctx: SolveContext, branches: Sequence[Branch]) -> Branch | None:
+    """The best branch stating the most frequent (normalised) answer."""
+    found = votes(ctx, branches)
+    if not found:
+        return branches[0] if branches else None
+    return found[0].best
 
 
 def solution(
-    ctx: SolveContext, branch: Branch | None, *, answer: str | None = None, **trace: object
+    ctx: SolveContext,
+    branch: Branch | None,
+    *,
+    answer: str | None = None,
+    support: Iterable[Branch] = (),
+    **trace: Any,
 ) -> Solution:
-    """A `Solution` for `branch` (marked selected), its answer taken from the branch unless
-    given (a vote may choose an answer that several branches state)."""
-    if branch is not None:
-        branch.selected = True
-        if answer is None:
-            answer = ctx.answer(branch)
-    return Solution(answer=answer, branch=branch, trace=dict(trace))
+    """A `Solution` for `branch`, its answer taken from the branch unless given (a vote
+    may choose an answer that several branches state: pass them as `support`). Nothing
+    is marked until the search ends (`run_strategy` marks the final one)."""
+    if branch is not None and answer is None:
+        answer = ctx.answer(branch)
+    return Solution(answer=answer, branch=branch, trace=dict(trace), support=tuple(support))
 
 
 def log_odds(p: float, eps: float = 1e-6) -> float:

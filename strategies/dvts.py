@@ -12,22 +12,14 @@ the largest summed score (`select=weighted_vote`).
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
+from ttc.aggregation import best_by_score, score_of
 from ttc.config import bounded
-from ttc.context import SolveContext
-from ttc.interfaces import Strategy
-from ttc.strategies.common import (
-    STOPS,
-    StepSearchConfig,
-    best_by_score,
-    ended_by,
-    mark_steps,
-    score_of,
-    solution,
-    step_sampling,
-    tally,
-)
+from ttc.interfaces import SolveContext, Strategy
+from ttc.strategies.common import StepSearchConfig, mark_steps, solution, step_sampling, votes
 from ttc.types import Branch, Problem, Sampling, Solution
 
 
@@ -42,7 +34,7 @@ class DvtsConfig(StepSearchConfig):
 class Dvts(Strategy):
     name = "dvts"
 
-    async def solve(self, problem: Problem, ctx: SolveContext) -> Solution:
+    async def solve(self, problem: Problem, ctx: SolveContext) -> AsyncIterator[Solution]:
         c = self.config
         subtrees = max(c.n // c.width, 1)
         sampling = step_sampling(
@@ -59,13 +51,8 @@ class Dvts(Strategy):
         stop = "max_steps"
         for _ in range(c.max_steps):
             if not heads:
-                stop = "finished"
                 break
-            try:
-                groups = await self._expand(ctx, heads, sampling)
-            except STOPS as exc:
-                stop = ended_by(ctx, exc)
-                break
+            groups = await self._expand(ctx, heads, sampling)
             live: list[tuple[int, Branch]] = []
             for tree, _ in heads:
                 kids = [b for b in groups.get(tree, []) if b.scored]
@@ -82,24 +69,25 @@ class Dvts(Strategy):
                     partial[tree] = best
                     live.append((tree, best))
             heads = live
-        else:
-            if not heads:
-                stop = "finished"
+            yield self._choose(ctx, finished, partial, subtrees=subtrees)
+        if not heads:
+            stop = "finished"
+        yield self._choose(ctx, finished, partial, subtrees=subtrees, ended_by=stop)
+
+    def _choose(
+        self,
+        ctx: SolveContext,
+        finished: list[Branch],
+        partial: dict[int, Branch],
+        **trace: Any,
+    ) -> Solution:
         pool = finished or list(partial.values())
-        if c.select == "weighted_vote" and pool:
-            votes = tally(ctx, pool, [max(score_of(b), 0.0) for b in pool])
-            if votes:
-                return solution(
-                    ctx,
-                    votes[0].best,
-                    answer=votes[0].answer,
-                    ended_by=stop,
-                    subtrees=subtrees,
-                    finished=len(finished),
-                )
-        return solution(
-            ctx, best_by_score(pool), ended_by=stop, subtrees=subtrees, finished=len(finished)
-        )
+        trace["finished"] = len(finished)
+        if self.config.select == "weighted_vote" and pool:
+            found = votes(ctx, pool, [max(score_of(b), 0.0) for b in pool])
+            if found:
+                return solution(ctx, found[0].best, answer=found[0].answer, **trace)
+        return solution(ctx, best_by_score(pool), **trace)
 
     @staticmethod
     async def _expand(

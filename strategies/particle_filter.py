@@ -30,24 +30,22 @@ from __future__ import annotations
 import math
 import random
 from collections import defaultdict, deque
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from ttc.aggregation import score_of
 from ttc.config import bounded
-from ttc.context import SolveContext
-from ttc.interfaces import Strategy
+from ttc.interfaces import SolveContext, Strategy
 from ttc.strategies.common import (
-    STOPS,
     StepSearchConfig,
     effective_sample_size,
-    ended_by,
     log_odds,
     mark_steps,
     normalise_log_weights,
-    score_of,
     solution,
     step_sampling,
-    tally,
+    votes,
 )
 from ttc.strategies.resampling import RESAMPLERS
 from ttc.types import Branch, Problem, Solution
@@ -98,7 +96,9 @@ class Smc:
             return log_odds(r)
         return r / self.config.weight_temperature
 
-    async def run(self) -> list[Particle]:
+    async def steps(self) -> AsyncIterator[int]:
+        """Run the filter, yielding after every step (the population is then weighted
+        and resampled); `stop` says how it ended."""
         c, ctx = self.config, self.ctx
         sampling = step_sampling(
             n=1,
@@ -124,23 +124,15 @@ class Smc:
                         self.population[0].branch = ref
                         self.population[0].logw += self.loglik(ref)
                 self.stop = "finished"
-                break
-            try:
-                children = await ctx.generate([self.population[i].branch for i in moving], sampling)
-            except STOPS as exc:
-                self.stop = ended_by(ctx, exc)
-                break
+                return
+            children = await ctx.generate([self.population[i].branch for i in moving], sampling)
             mark_steps(children)
             alive = self._advance(moving, children)
-            try:
-                await ctx.score([self.population[i].branch for i in alive])
-            except STOPS as exc:
-                self.stop = ended_by(ctx, exc)
-                break
+            await ctx.score([self.population[i].branch for i in alive])
             for i in alive:
                 self.population[i].logw += self.loglik(self.population[i].branch)
             self._maybe_resample(t)
-        return self.population
+            yield t
 
     def _advance(self, moving: list[int], children: list[Branch]) -> list[int]:
         """Put each child in its particle's slot. Children come grouped by parent in the
@@ -218,17 +210,15 @@ def choose(
     if not pool:
         return solution(ctx, None, **trace)
     if select == "weighted_vote":
-        votes = tally(ctx, [b for b, _ in pool], [w for _, w in pool])
-        if votes:
-            mass = sum(t.weight for t in votes) or 1.0
-            for b, _ in pool:  # the particles whose answer won carry the solution
-                a = ctx.answer(b)
-                b.selected = a is not None and ctx.normalize(a) == votes[0].key
+        found = votes(ctx, [b for b, _ in pool], [w for _, w in pool])
+        if found:
+            mass = sum(t.weight for t in found) or 1.0
             return solution(
                 ctx,
-                votes[0].best,
-                answer=votes[0].answer,
-                votes={t.answer: t.weight / mass for t in votes},
+                found[0].best,
+                answer=found[0].answer,
+                support=found[0].members,  # the particles whose answer won carry it
+                votes={t.answer: t.weight / mass for t in found},
                 **trace,
             )
     best = max((b for b, _ in pool), key=score_of)
@@ -238,15 +228,19 @@ def choose(
 class ParticleFilter(Strategy):
     name = "particle_filter"
 
-    async def solve(self, problem: Problem, ctx: SolveContext) -> Solution:
+    async def solve(self, problem: Problem, ctx: SolveContext) -> AsyncIterator[Solution]:
         smc = Smc(self.config, ctx, random.Random(ctx.rng.getrandbits(32)))
-        particles = await smc.run()
+        async for _ in smc.steps():
+            yield self._choose(ctx, smc)
+        yield self._choose(ctx, smc, ended_by=smc.stop)
+
+    def _choose(self, ctx: SolveContext, smc: Smc, **trace: Any) -> Solution:
         return choose(
             ctx,
-            particles,
+            smc.population,
             smc.weights(),
             self.config.select,
-            ended_by=smc.stop,
             resamplings=sum(int(h["resampled"]) for h in smc.history),
             ess=[round(h["ess"], 3) for h in smc.history],
+            **trace,
         )

@@ -9,22 +9,14 @@ Ties go to the answer whose best sample scores higher, then to the one seen firs
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from ttc.config import bounded
-from ttc.context import SolveContext
-from ttc.interfaces import Strategy
+from ttc.interfaces import SolveContext, Strategy
 from ttc.strategies.best_of_n import sampling_for
-from ttc.strategies.common import (
-    STOPS,
-    SampleConfig,
-    draw_samples,
-    ended_by,
-    finish_all,
-    solution,
-    tally,
-)
-from ttc.types import Problem, Solution
+from ttc.strategies.common import SampleConfig, draw_samples, finish_all, solution, votes
+from ttc.types import Branch, Problem, Solution
 
 
 @dataclass
@@ -33,6 +25,23 @@ class SelfConsistencyConfig(SampleConfig):
     n: int = bounded(8, ge=1, help="samples per problem")
     weighted: bool = False
     """Sum each answer's reward instead of counting its votes (needs a reward model)."""
+
+
+def vote(ctx: SolveContext, samples: Sequence[Branch], weights: Sequence[float] | None) -> Solution:
+    """The answer with the most votes (or weight); every sample stating it supports it."""
+    found = votes(ctx, samples, weights)
+    if not found:
+        return solution(ctx, None, n=len(samples), votes={})
+    top = found[0]
+    return solution(
+        ctx,
+        top.best,
+        answer=top.answer,
+        support=top.members,
+        n=len(samples),
+        votes={t.answer: t.weight for t in found},
+        weighted=weights is not None,
+    )
 
 
 class SelfConsistency(Strategy):
@@ -44,32 +53,12 @@ class SelfConsistency(Strategy):
         # The runner asks the instance whether it needs a reward: only the weighted vote does.
         self.uses_reward = bool(config.weighted)  # type: ignore[misc]
 
-    async def solve(self, problem: Problem, ctx: SolveContext) -> Solution:
+    async def solve(self, problem: Problem, ctx: SolveContext) -> AsyncIterator[Solution]:
         c = self.config
-        try:
-            samples = await draw_samples(ctx, sampling_for(ctx, c, c.n))
-        except STOPS as exc:
-            return Solution(answer=None, trace={"ended_by": ended_by(ctx, exc)})
+        samples = await draw_samples(ctx, sampling_for(ctx, c, c.n))
         finish_all(samples)
-        weights = None
-        stopped = None
+        yield vote(ctx, samples, None)  # the count, should the weighting be refused
         if c.weighted:
-            try:
-                # a sample whose scoring failed adds nothing to its answer's weight
-                weights = [max(w, 0.0) for w in await ctx.score(samples)]
-            except STOPS as exc:
-                stopped = ended_by(ctx, exc)  # fall back to counting votes
-        votes = tally(ctx, samples, weights)
-        if not votes:
-            return solution(ctx, None, n=len(samples), votes={})
-        for b in samples:  # every sample that voted for the winner is kept in the tree
-            a = ctx.answer(b)
-            b.selected = a is not None and ctx.normalize(a) == votes[0].key
-        trace: dict[str, object] = {
-            "n": len(samples),
-            "votes": {t.answer: t.weight for t in votes},
-            "weighted": weights is not None,
-        }
-        if stopped:
-            trace["ended_by"] = stopped
-        return solution(ctx, votes[0].best, answer=votes[0].answer, **trace)
+            # a sample whose scoring failed adds nothing to its answer's weight
+            weights = [max(w, 0.0) for w in await ctx.score(samples)]
+            yield vote(ctx, samples, weights)

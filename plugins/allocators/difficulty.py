@@ -33,9 +33,8 @@ from typing import Any
 
 from ttc.budget import Budget, SpendPolicy
 from ttc.config import AllocatorConfig, bounded, instantiate_config
-from ttc.context import SolveContext
 from ttc.errors import BackendError, BudgetExceeded, ConfigError
-from ttc.interfaces import Allocator, Plan, Strategy
+from ttc.interfaces import Allocator, Plan, SolveContext, Strategy
 from ttc.plugins.allocators.policy import MEASURES, Policy, PolicyBin, load_policy
 from ttc.types import Problem, Sampling
 

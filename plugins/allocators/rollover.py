@@ -11,12 +11,59 @@ limits of the budget apply as usual.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from ttc.budget import Budget, RolloverSteps
+from ttc.budget import Budget, Ledger, SpendPolicy, Unit
 from ttc.config import AllocatorConfig, bounded
 from ttc.errors import ConfigError
 from ttc.interfaces import Allocator
 from ttc.types import Problem
+
+
+class RolloverSteps(SpendPolicy):
+    """Per-step budgets: the problem's `total` (in `unit`, tokens or samples) is split
+    evenly over `steps` generate calls; what a step leaves unspent rolls over to the
+    next ones. Call `k` (0-based) may bring the unit's spending up to
+    `total * (k + 1) / steps`; from call `steps - 1` on, up to `total`."""
+
+    name = "rollover"
+
+    def __init__(self, *, unit: Unit | str, total: float, steps: int) -> None:
+        self.unit = Unit.parse(unit)
+        if self.unit not in (Unit.TOKENS, Unit.SAMPLES):
+            raise ValueError(f"rollover steps budget tokens or samples, not {unit!r}")
+        self.total = total
+        self.steps = max(steps, 1)
+        self.allowances: list[float] = []
+        """The allowance each call got (for inspection and the store)."""
+
+    def allowance(self, step: int, spent: float) -> float:
+        """What call `step` may spend, given `spent` so far."""
+        cap = self.total * min(step + 1, self.steps) / self.steps
+        return cap - spent
+
+    def limit_generate(self, ledger: Ledger, *, sequences: int, max_tokens: int) -> int:
+        # calls in flight count as spent at their worst case (their reservation)
+        spent = float(getattr(ledger.spent, self.unit)) + ledger.held[self.unit]
+        left = self.allowance(ledger.spent.generate_calls, spent)
+        self.allowances.append(left)
+        if self.unit == Unit.SAMPLES:
+            if sequences > left:
+                raise ledger.refuse(self.unit, sequences, limit=left + spent, rule="step")
+            return max_tokens
+        allowed = min(max_tokens, int(left // sequences))
+        if allowed < 1:
+            raise ledger.refuse(self.unit, sequences, limit=left + spent, rule="step")
+        return allowed
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "unit": self.unit.value,
+            "total": self.total,
+            "steps": self.steps,
+            "allowances": self.allowances,
+        }
 
 
 @dataclass

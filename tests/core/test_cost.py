@@ -91,7 +91,7 @@ def test_budgets_can_be_set_in_effective_flops() -> None:
         cost.prefill_bytes(100) + cost.decode_bytes(1, context_before=100),
     )
     ledger = Ledger(Budget(eflops=one * 10.5), cost)
-    allowed = ledger.authorize_generate([100], 1, 1000)
+    allowed = ledger.authorize_generate([100], 1, 1000).max_tokens
     assert 1 <= allowed < 1000
     ledger2 = Ledger(Budget(eflops=one / 2), cost)
     with pytest.raises(Exception, match="eflops"):

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from ttc.budget import Budget, Ledger
-from ttc.context import SolveContext
+from ttc.context import ProblemContext
 from ttc.cost import CostModel
 from ttc.errors import BackendError, BudgetExceeded, ConfigError
 from ttc.interfaces import RewardModel
@@ -130,16 +130,26 @@ def _common(a: Sequence[Any], b: Sequence[Any]) -> int:
     return n
 
 
+class LedgerContext(ProblemContext):
+    """The problem context with its ledger and prompt ids at hand (for these ledger
+    tests; strategies see neither)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.ledger: Ledger = kwargs["ledger"]
+        self.prompt_ids = tuple(kwargs["prompt_ids"])
+
+
 def context(
     budget: Budget,
     *,
     reward: RewardModel | None = None,
     backend: ScriptedBackend | None = None,
-) -> SolveContext:
+) -> LedgerContext:
     backend = backend or ScriptedBackend(ScriptedBackendConfig(steps=3, p_correct=0.5))
     problem = synthetic_problem()
     prompt = backend.render(problem)
-    return SolveContext(
+    return LedgerContext(
         problem=problem,
         prompt=prompt,
         prompt_ids=backend.encode(prompt),
@@ -149,7 +159,7 @@ def context(
     )
 
 
-async def grow(ctx: SolveContext, steps: int, *, n: int = 2) -> list[Branch]:
+async def grow(ctx: LedgerContext, steps: int, *, n: int = 2) -> list[Branch]:
     branches = [ctx.root]
     for _ in range(steps):
         branches = await ctx.generate(
@@ -262,7 +272,7 @@ def test_a_flops_limit_refuses_a_score_call_whose_worst_case_exceeds_it(unit: st
     asyncio.run(go())
 
 
-async def _generate_only(ctx: SolveContext) -> SolveContext:
+async def _generate_only(ctx: LedgerContext) -> LedgerContext:
     await grow(ctx, 1)
     return ctx
 

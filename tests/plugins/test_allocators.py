@@ -6,14 +6,14 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from ttc.budget import Budget, Ledger
-from ttc.context import SolveContext
-from ttc.cost import CostModel
+from ttc.budget import Budget, Grant, Ledger, Served
 from ttc.errors import BudgetExceeded, ConfigError
+from ttc.interfaces import Allocator, SolveContext, Strategy
 from ttc.launch import compose
 from ttc.plugins.allocators.adaptive_stop import (
     AdaptiveStopAllocator,
@@ -31,15 +31,18 @@ from ttc.runner import Runner
 from ttc.scheduler import Scheduler
 from ttc.store import Store
 from ttc.testing import (
+    Outcome,
     ScriptedBackend,
     ScriptedBackendConfig,
     SyntheticReward,
     SyntheticRewardConfig,
     SyntheticTask,
     SyntheticTaskConfig,
+    solve_all,
     synthetic_problem,
+    wire,
 )
-from ttc.types import Problem, Sampling
+from ttc.types import Problem, Sampling, Solution
 
 from conftest import DOUBLES
 
@@ -93,25 +96,35 @@ def test_global_pool_rejects_unknown_units() -> None:
         GlobalAllocator(GlobalAllocatorConfig(pool={"seconds": 3.0}), Budget())
 
 
+def _spend(ledger: Ledger, grant: Grant, *, sequences: int, tokens: int) -> None:
+    per = [tokens // sequences] * sequences
+    served = Served(
+        prompt_len=10,
+        completion_lens=per,
+        prompt_tokens=10,
+        cached_prompt_tokens=0,
+        completion_tokens=tokens,
+    )
+    ledger.charge_generate(grant, [served])
+
+
 def test_rollover_moves_unspent_budget_to_later_steps() -> None:
     alloc = RolloverAllocator(RolloverAllocatorConfig(steps=4), Budget(tokens=100))
     budget = alloc.budget_for(synthetic_problem())
     ledger = Ledger(budget)
     # step 0: a quarter, 25 tokens for one sequence
-    assert ledger.authorize_generate([10], 1, 1000) == 25
-    ledger.debit_generate(
-        sequences=1, prompt_tokens=10, cached_prompt_tokens=0, completion_tokens=5, flops=0
-    )
+    grant = ledger.authorize_generate([10], 1, 1000)
+    assert grant.max_tokens == 25
+    _spend(ledger, grant, sequences=1, tokens=5)
     # step 1: its own 25 plus the 20 step 0 left
-    assert ledger.authorize_generate([10], 1, 1000) == 45
-    ledger.debit_generate(
-        sequences=1, prompt_tokens=10, cached_prompt_tokens=0, completion_tokens=45, flops=0
-    )
-    assert ledger.authorize_generate([10], 5, 1000) == 5  # 75 - 50 over 5 sequences
-    ledger.debit_generate(
-        sequences=5, prompt_tokens=10, cached_prompt_tokens=0, completion_tokens=25, flops=0
-    )
-    assert ledger.authorize_generate([10], 1, 1000) == 25  # the last step: all that is left
+    grant = ledger.authorize_generate([10], 1, 1000)
+    assert grant.max_tokens == 45
+    _spend(ledger, grant, sequences=1, tokens=45)
+    grant = ledger.authorize_generate([10], 5, 1000)
+    assert grant.max_tokens == 5  # 75 - 50 over 5 sequences
+    _spend(ledger, grant, sequences=5, tokens=25)
+    grant = ledger.authorize_generate([10], 1, 1000)
+    assert grant.max_tokens == 25  # the last step: all that is left
     assert budget.as_dict()["policy"]["allowances"] == [25, 45, 25, 25]
 
 
@@ -127,43 +140,38 @@ def test_rollover_refuses_a_step_with_nothing_left_and_needs_a_limit() -> None:
         RolloverAllocator(RolloverAllocatorConfig(), Budget()).budget_for(synthetic_problem())
 
 
-def solve_in_rounds(p_correct: float, alloc: object, seed: int) -> SolveContext:
-    """Sample two whole solutions per round, up to 16, until a call is refused."""
-    backend = ScriptedBackend(ScriptedBackendConfig(steps=0, p_correct=p_correct))
-    task = SyntheticTask(SyntheticTaskConfig())
-    problem = synthetic_problem(seed)
+class Rounds(Strategy):
+    """Two whole samples per round, up to 16, until a call is refused (a test double)."""
 
-    async def go() -> SolveContext:
-        prompt = backend.render(problem)
-        budget = alloc.budget_for(problem)  # type: ignore[attr-defined]
-        ctx = SolveContext(
-            problem=problem,
-            prompt=prompt,
-            prompt_ids=backend.encode(prompt),
-            scheduler=Scheduler(backend, None, max_wait_s=0.0),
-            ledger=Ledger(budget, CostModel(backend.architecture)),
-            task=task,
-            seed=seed,
-        )
-        plan = await alloc.prepare(problem, ctx)  # type: ignore[attr-defined]
-        if plan is not None and plan.budget is not None:
-            ctx.ledger.rebudget(plan.budget)
+    name = "rounds"
+    uses_reward = False
+
+    async def solve(self, problem: Problem, ctx: SolveContext) -> AsyncIterator[Solution]:
         for _ in range(8):
-            try:
-                await ctx.generate([ctx.root], Sampling(n=2, max_tokens=64))
-            except BudgetExceeded:
-                break
-        return ctx
+            drawn = await ctx.generate([ctx.root], Sampling(n=2, max_tokens=64))
+            for b in drawn:
+                b.finished = True
+        yield Solution(answer=None)
 
-    return asyncio.run(go())
+
+def solve_in_rounds(p_correct: float, alloc: Allocator, seed: int) -> Outcome:
+    (out,) = solve_all(
+        Rounds(None),
+        [synthetic_problem(seed)],
+        backend=ScriptedBackend(ScriptedBackendConfig(steps=0, p_correct=p_correct)),
+        task=SyntheticTask(SyntheticTaskConfig()),
+        allocator=alloc,
+        seed=seed,
+    )
+    return out
 
 
 def test_adaptive_stop_stops_easy_problems_early_and_spends_more_on_hard_ones() -> None:
     alloc = AdaptiveStopAllocator(
         AdaptiveStopAllocatorConfig(min_answers=4, threshold=0.75), Budget(samples=16)
     )
-    easy = [solve_in_rounds(0.97, alloc, s).ledger.spent.samples for s in range(8)]
-    hard = [solve_in_rounds(0.2, alloc, s).ledger.spent.samples for s in range(8)]
+    easy = [solve_in_rounds(0.97, alloc, s).spent.samples for s in range(8)]
+    hard = [solve_in_rounds(0.2, alloc, s).spent.samples for s in range(8)]
     assert sum(easy) / 8 <= 6
     assert sum(hard) / 8 >= 12
     assert sum(hard) > 2 * sum(easy)
@@ -190,7 +198,7 @@ def test_difficulty_follows_its_table() -> None:
     assert alloc.choices["p001"].bin == "hard"
     assert easy.ledger.spent.generate_calls == 1 < hard.ledger.spent.generate_calls
     assert easy.ledger.spent.tokens < hard.ledger.spent.tokens <= 900
-    probes = [b for b in easy.branches.values() if b.extra.get("probe")]
+    probes = [b for b in easy.ctx.branches.values() if b.extra.get("probe")]
     # the probe samples are whole samples: leaves that vote
     assert len(probes) == 6 and all(b.finished for b in probes)
     assert easy.ledger.budget.as_dict()["policy"]["bin"] == "easy"
@@ -362,14 +370,11 @@ def test_difficulty_score_measure_is_the_probe_samples_mean_reward() -> None:
     problem = synthetic_problem(0)
 
     async def go() -> float | None:
-        prompt = backend.render(problem)
-        ctx = SolveContext(
-            problem=problem,
-            prompt=prompt,
-            prompt_ids=backend.encode(prompt),
+        ctx, _ = wire(
+            problem,
             scheduler=Scheduler(backend, reward, max_wait_s=0.0),
-            ledger=Ledger(alloc.budget_for(problem), CostModel(backend.architecture)),
             task=SyntheticTask(SyntheticTaskConfig()),
+            budget=alloc.budget_for(problem),
         )
         await alloc.prepare(problem, ctx)
         probes = [b for b in ctx.branches.values() if b.extra.get("probe")]

@@ -30,10 +30,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import ttc
-from ttc.budget import Budget, Ledger
+from ttc import testing
+from ttc.budget import Budget
 from ttc.config import BackendConfig, RewardConfig, TaskConfig, bounded
-from ttc.context import SolveContext, run_strategy
-from ttc.cost import CostModel
 from ttc.errors import BackendError
 from ttc.interfaces import Backend, RewardModel, Strategy, Task
 from ttc.scheduler import Scheduler
@@ -339,20 +338,7 @@ class SimTask(Task):
 
 
 # -- driving strategies directly -----------------------------------------------------
-@dataclass
-class Outcome:
-    problem: Problem
-    solution: Solution
-    ctx: SolveContext
-
-    @property
-    def correct(self) -> bool:
-        a = self.solution.answer
-        return a is not None and a.strip() == self.problem.reference
-
-    @property
-    def spent(self) -> Any:
-        return self.ctx.ledger.spent
+Outcome = testing.Outcome
 
 
 @dataclass
@@ -375,39 +361,28 @@ def solve_all(
 ) -> list[Outcome]:
     """Solve every problem concurrently through one scheduler, as the Runner does."""
     env = env or Env()
-    backend = SimBackend(env.backend)
     reward: RewardModel | None = None
     if env.exact:
         reward = ExactReward(SimRewardConfig())
     elif env.reward is not None:
         reward = SimReward(env.reward)
-    task = SimTask(SimTaskConfig())
-    cost = CostModel(backend.architecture)
 
-    async def one(scheduler: Scheduler, problem: Problem) -> Outcome:
-        prompt = backend.render(problem)
-        ctx = SolveContext(
-            problem=problem,
-            prompt=prompt,
-            prompt_ids=backend.encode(prompt),
-            scheduler=scheduler,
-            ledger=Ledger(env.budget, cost),
-            task=task,
-            aggregate=env.aggregate,
-            seed=env.seed,
-        )
-        try:
-            return Outcome(problem, await run_strategy(strategy, problem, ctx), ctx)
-        except BackendError as exc:
-            if not env.record_errors:
-                raise
-            return Outcome(problem, Solution(answer=None, trace={"raised": str(exc)}), ctx)
+    def record(problem: Problem, ctx: Any, exc: BaseException) -> Solution:
+        if not isinstance(exc, BackendError):
+            raise exc
+        return Solution(answer=None, trace={"raised": str(exc)})
 
-    async def go() -> list[Outcome]:
-        scheduler = Scheduler(backend, reward, max_batch_size=512, max_wait_s=0.0)
-        return list(await asyncio.gather(*(one(scheduler, p) for p in problems)))
-
-    return asyncio.run(go())
+    return testing.solve_all(
+        strategy,
+        problems,
+        backend=SimBackend(env.backend),
+        task=SimTask(SimTaskConfig()),
+        reward=reward,
+        budget=env.budget,
+        aggregate=env.aggregate,
+        seed=env.seed,
+        on_error=record if env.record_errors else None,
+    )
 
 
 def accuracy(outcomes: Sequence[Outcome]) -> float:
@@ -442,19 +417,11 @@ def register_reward_models(register: Callable[..., None]) -> None:
 def run_raw(body: Callable[[Any], Any], problem: Problem, env: Env) -> Any:
     """Run `await body(ctx)` on one problem's context; return what it spent."""
     backend = SimBackend(env.backend)
-    task = SimTask(SimTaskConfig())
 
     async def go() -> Any:
         scheduler = Scheduler(backend, None, max_batch_size=512, max_wait_s=0.0)
-        prompt = backend.render(problem)
-        ledger = Ledger(env.budget, CostModel(backend.architecture))
-        ctx = SolveContext(
-            problem=problem,
-            prompt=prompt,
-            prompt_ids=backend.encode(prompt),
-            scheduler=scheduler,
-            ledger=ledger,
-            task=task,
+        ctx, ledger = testing.wire(
+            problem, scheduler=scheduler, task=SimTask(SimTaskConfig()), budget=env.budget
         )
         await body(ctx)
         return ledger.spent

@@ -42,13 +42,17 @@ def test_zero_heuristic_costs_more_tokens_but_degrades_gracefully() -> None:
     assert all(o.spent.tokens <= 1000 for o in zero)
 
 
-def test_stops_at_its_token_and_reward_call_budgets() -> None:
-    tight = _run(AStarConfig(expansions=4, heuristic="zero", token_budget=150), n=20)
+def test_stops_at_the_token_and_reward_call_budgets() -> None:
+    # The paper's own budgets are the run's (or a sub-budget's): no fields of A*'s own.
+    problems = sim.make_problems(20, seed=51, **PROBLEMS)  # type: ignore[arg-type]
+    astar = AStar(AStarConfig(expansions=4, heuristic="zero"))
+    tight = sim.solve_all(astar, problems, sim.Env(budget=Budget(tokens=150)))
     assert all(o.spent.tokens <= 150 for o in tight)
-    assert all(o.solution.trace["ended_by"] == "token_budget" for o in tight)
-    calls = _run(AStarConfig(expansions=2, heuristic="zero", reward_call_budget=3), n=20)
+    assert all(o.solution.trace["ended_by"] == "budget" for o in tight)
+    astar = AStar(AStarConfig(expansions=2, heuristic="zero"))
+    calls = sim.solve_all(astar, problems, sim.Env(budget=Budget(reward_calls=3)))
     assert all(o.spent.reward_calls <= 3 for o in calls)
-    assert all(o.solution.trace["ended_by"] == "reward_call_budget" for o in calls)
+    assert all(o.solution.trace["ended_by"] == "budget" for o in calls)
     # out of budget before a finished solution: it answers with the best partial path
     assert all(o.solution.branch is not None for o in calls)
 

@@ -3,15 +3,18 @@ rewarded, stepwise chains get their own allowance."""
 
 from __future__ import annotations
 
+import asyncio
+
 import sim
 
+from ttc.budget import Budget
 from ttc.interfaces import Strategy
 from ttc.strategies.a_star import AStar, AStarConfig
 from ttc.strategies.beam_search import BeamSearch, BeamSearchConfig
 from ttc.strategies.best_of_n import BestOfN, BestOfNConfig
 from ttc.strategies.particle_filter import ParticleFilter, ParticleFilterConfig
 from ttc.strategies.particle_gibbs import ParticleGibbs, ParticleGibbsConfig
-from ttc.types import Branch
+from ttc.types import Branch, Sampling
 
 # Right solutions take 2 steps; a wrong turn takes a detour of 4 more steps before its
 # (wrong) answer, so right particles finish while wrong ones are still moving.
@@ -95,3 +98,18 @@ def test_stepwise_best_of_n_gives_each_chain_its_own_allowance() -> None:
             # and every node but its last is a whole step (no cut at another's allowance)
             path = o.ctx.path(b)
             assert all(n.step_texts[-1].endswith("\n\n") for n in path[:-1])
+
+
+def test_concurrent_generate_calls_of_one_problem_cannot_overspend_together() -> None:
+    # 50-step solutions: every sample runs to max_tokens.
+    (problem,) = sim.make_problems(1, seed=85, steps=50, q=0.9)
+
+    async def strategy(ctx: object) -> None:
+        sampling = Sampling(n=1, max_tokens=100)
+        await asyncio.gather(
+            *(ctx.generate([ctx.root], sampling) for _ in range(3)),  # type: ignore[attr-defined]
+            return_exceptions=True,
+        )
+
+    spent = sim.run_raw(strategy, problem, sim.Env(budget=Budget(tokens=100)))
+    assert spent.tokens <= 100
