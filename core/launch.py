@@ -9,6 +9,7 @@ directories) work as Hydra users expect. Every job writes to the configured stor
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -22,6 +23,7 @@ from ttc.errors import ConfigError, TtcError
 from ttc.registry import get_registry, store_configs
 from ttc.resume import ResumeRequest, is_resume, parse_request
 from ttc.resume import load as load_resume_config
+from ttc.store.secrets import mask_url
 
 CONFIG_MODULE = "ttc.conf"
 CONFIG_NAME = "config"
@@ -125,6 +127,29 @@ class Job:
 JobFn = Callable[[Job], Any]
 
 
+SECRET_ENV_PREFIX = "TTC_SECRET_OVERRIDE_"
+
+
+def hide_secrets(args: Sequence[str]) -> list[str]:
+    """Overrides whose value is a URL with a password, rewritten to read it from a process
+    environment variable (`key=${oc.env:TTC_SECRET_OVERRIDE_<n>}`).
+
+    Hydra writes the overrides and the composed config into its output folder
+    (`.hydra/*.yaml`); this way it writes the interpolation, never the password, while
+    the job still resolves the real URL.
+    """
+    out = []
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        plain = value.strip("'\"")
+        if sep and not key.startswith("-") and "://" in plain and mask_url(plain) != plain:
+            name = f"{SECRET_ENV_PREFIX}{sum(k.startswith(SECRET_ENV_PREFIX) for k in os.environ)}"
+            os.environ[name] = plain
+            arg = f"{key}=${{oc.env:{name}}}"
+        out.append(arg)
+    return out
+
+
 def launch(args: Sequence[str], job: JobFn) -> list[Any]:
     """Run one job (or a sweep with -m) through Hydra; call `job(cfg, sweep_dir)` for each.
 
@@ -139,6 +164,7 @@ def launch(args: Sequence[str], job: JobFn) -> list[Any]:
         request = parse_request(args)  # every given value checked before anything loads
         get_registry()
         return [job(Job(load_resume_config(request), resume=request))]
+    args = hide_secrets(args)
     multirun = any(a in MULTIRUN_FLAGS for a in args)
     passthrough = [a for a in args if a.startswith("-")]
     overrides = [a for a in args if not a.startswith("-")]

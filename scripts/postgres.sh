@@ -21,8 +21,14 @@ start)
   as_pg "$bin/pg_ctl -D $dir/data -m immediate stop" >/dev/null 2>&1 || true
   rm -rf "$dir" && mkdir -p "$dir" && chown postgres "$dir"
   as_pg "$bin/initdb -D $dir/data -A trust -U postgres" >/dev/null
+  # Members of ttc_password_login must give their password (the secrets tests create
+  # such roles); everyone else is trusted.
+  hba="$dir/data/pg_hba.conf"
+  { echo "host all +ttc_password_login 127.0.0.1/32 scram-sha-256"; cat "$hba"; } > "$hba.new"
+  mv "$hba.new" "$hba" && chown postgres "$hba"
   as_pg "$bin/pg_ctl -D $dir/data -o '-h 127.0.0.1 -p $port -k $dir' -l $dir/log -w start" >/dev/null
   as_pg "$bin/createdb -h 127.0.0.1 -p $port ttc_test"
+  as_pg "$bin/psql -q -h 127.0.0.1 -p $port -d ttc_test -c 'CREATE ROLE ttc_password_login NOLOGIN'"
   echo "postgresql+psycopg://postgres@127.0.0.1:$port/ttc_test"
   ;;
 stop)

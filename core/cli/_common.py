@@ -38,9 +38,11 @@ def errors_to_exit() -> Iterator[None]:
         yield
     except TtcError as exc:
         # One line: what is wrong, then what to do about it.
+        from ttc.store.secrets import scrub  # a URL in a message must not show its password
+
         hint = f" (hint: {exc.hint})" if exc.hint else ""
         err_console.print(
-            f"[bold red]error:[/] {escape(exc.message)}[dim]{escape(hint)}[/]",
+            f"[bold red]error:[/] {escape(scrub(exc.message))}[dim]{escape(scrub(hint))}[/]",
             highlight=False,
             soft_wrap=True,
         )

@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from ttc.errors import RunNotFoundError, StoreError
 from ttc.store.liveness import is_live, owner_id
 from ttc.store.models import Call, Node, Result, Run
+from ttc.store.secrets import mask_config, mask_url, scrub
 from ttc.types import ProblemResult
 
 TOTAL_KEYS = (
@@ -70,7 +71,7 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
         engine = create_engine(url, echo=echo)
     except (SQLAlchemyError, ImportError, ValueError) as exc:
         raise StoreError(
-            f"cannot open the store at '{url}': {exc}",
+            f"cannot open the store at '{mask_url(url)}': {scrub(str(exc))}",
             hint="store.url takes a SQLAlchemy URL, e.g. sqlite:///runs/ttc.db or "
             "postgresql+psycopg://user@host/db (pip install 'ttc[postgres]')",
         ) from exc
@@ -87,7 +88,10 @@ def alembic_config(engine: Engine) -> Any:
 
     cfg = Config()
     cfg.set_main_option("script_location", "ttc.store:migrations")
-    cfg.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
+    # Alembic's config is a ConfigParser: a literal `%` (a percent-encoded password, a file
+    # called `100%.db`) must be doubled, or reading the option back interpolates and fails.
+    url = engine.url.render_as_string(hide_password=False).replace("%", "%%")
+    cfg.set_main_option("sqlalchemy.url", url)
     return cfg
 
 
@@ -113,7 +117,7 @@ def upgrade(engine: Engine, revision: str = "head", *, attempts: int = 5) -> Non
                 time.sleep(0.2 * (attempt + 1))
                 continue
             raise StoreError(
-                f"cannot migrate the store at '{engine.url}': {exc.orig}",
+                f"cannot migrate the store at '{engine.url}': {scrub(str(exc.orig))}",
                 hint="check store.url and that the database server is reachable",
             ) from exc
 
@@ -474,6 +478,7 @@ def _row(obj: Any) -> dict[str, Any]:
 
 def _run_row(run: Run) -> dict[str, Any]:
     row = _row(run)
+    row["config"] = mask_config(row["config"])  # runs stored before masking existed
     if run.status == "running" and not is_live(run.owner, run.heartbeat_at):
         row["status"] = "stale"  # marked running, but its process is gone
     return row
