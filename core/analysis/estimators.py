@@ -20,6 +20,7 @@ are drawn for every configuration, so their intervals are comparable).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Sequence
@@ -183,6 +184,16 @@ def per_problem(
     return pd.concat(frames, ignore_index=True)
 
 
+@functools.lru_cache(maxsize=16)
+def _weights(p: int, n_boot: int, seed: int) -> np.ndarray:
+    """How often each of p problems is drawn in each resample (shared: the same draws
+    for every configuration over the same problems)."""
+    rng = np.random.default_rng(seed)
+    w = rng.multinomial(p, np.full(p, 1.0 / p), size=n_boot).astype(float)
+    w.flags.writeable = False
+    return w
+
+
 def bootstrap(
     values: np.ndarray, *, n_boot: int = 1000, level: float = 0.95, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -199,13 +210,13 @@ def bootstrap(
     if p == 0:
         nan = np.full(values.shape[1], np.nan)
         return nan, nan, nan
-    rng = np.random.default_rng(seed)
-    weights = rng.multinomial(p, np.full(p, 1.0 / p), size=n_boot).astype(float)
+    weights = _weights(p, n_boot, seed)
     with np.errstate(invalid="ignore", divide="ignore"):
         boots = (weights @ filled) / (weights @ present)
     alpha = (1.0 - level) / 2
-    lo = np.nanquantile(boots, alpha, axis=0)
-    hi = np.nanquantile(boots, 1 - alpha, axis=0)
+    q = np.nanquantile if np.isnan(boots).any() else np.quantile
+    lo = q(boots, alpha, axis=0)
+    hi = q(boots, 1 - alpha, axis=0)
     return mean, lo, hi
 
 
@@ -246,15 +257,16 @@ def points(
     if pp is None:
         pp = per_problem(tables, metrics=metrics, ks=ks, max_subsets=max_subsets, seed=seed)
     if not pp.empty:
-        spent = res.set_index(["run_id", "problem_id"])[list(COST_UNITS)]
+        spent_of = {
+            rid: g.set_index("problem_id")[list(COST_UNITS)] for rid, g in res.groupby("run_id")
+        }
         for (run_id, metric), g in pp.groupby(["run_id", "metric"], sort=False):
-            wide = g.pivot_table(index="problem_id", columns="k", values="value")
-            n_of = g.groupby("problem_id")["n"].first().reindex(wide.index)
+            wide, n_of = _wide(g)
             mean, lo, hi = bootstrap(wide.to_numpy(), n_boot=n_boot, seed=seed)
-            cost = spent.loc[run_id].reindex(wide.index)
+            cost = spent_of[run_id].reindex(wide.index)
             info = runs.loc[run_id]
             for j, k in enumerate(wide.columns):
-                frac = (int(k) / n_of).to_numpy()
+                frac = int(k) / n_of
                 rows.append(
                     {
                         **_run_info(run_id, info),
@@ -273,11 +285,23 @@ def points(
     return pd.DataFrame(rows)
 
 
+def _wide(g: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
+    """Problems x k values of one (run, metric), and each problem's sample count."""
+    pids, rows = np.unique(g["problem_id"].to_numpy(), return_inverse=True)
+    ks, cols = np.unique(g["k"].to_numpy(), return_inverse=True)
+    grid = np.full((len(pids), len(ks)), np.nan)
+    grid[rows, cols] = g["value"].to_numpy(float)
+    n_of = np.zeros(len(pids))
+    n_of[rows] = g["n"].to_numpy(float)
+    return pd.DataFrame(grid, index=pids, columns=ks), n_of
+
+
 def _run_info(run_id: object, info: pd.Series) -> dict[str, object]:
     return {
         "run_id": run_id,
         "config_id": int(info["config_id"]),
         "label": info["label"],
+        "family": info["family"],
         "budget_label": info["budget_label"],
         "strategy": info["strategy"],
     }

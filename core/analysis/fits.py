@@ -66,6 +66,19 @@ def fit_power_law(ks: np.ndarray, coverage: np.ndarray) -> PowerLawFit:
     )
 
 
+def log_log_fit(ks: np.ndarray, coverage: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`a`, `b` of `coverage = exp(a * k**b)` by least squares on `log(-log coverage)` =
+    `log(-a) + b log k`, for every row of `coverage` at once (rows: curves)."""
+    cov = np.clip(np.atleast_2d(np.asarray(coverage, dtype=float)), 1e-9, 1 - 1e-9)
+    x = np.log(np.asarray(ks, dtype=float))
+    y = np.log(-np.log(cov))
+    xm = x.mean()
+    ym = y.mean(axis=1, keepdims=True)
+    b = ((x - xm) * (y - ym)).sum(axis=1) / max(float(((x - xm) ** 2).sum()), 1e-12)
+    a = -np.exp(ym[:, 0] - b * xm)
+    return a, b
+
+
 def extrapolate(
     ks: np.ndarray,
     per_problem: np.ndarray,
@@ -75,23 +88,29 @@ def extrapolate(
     level: float = 0.9,
     seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Fitted coverage at `at` with a band: refit on problems resampled with replacement.
+    """Fitted coverage at `at` with a band from refits on problems resampled with
+    replacement (the refits in log-log space, all at once).
 
     `per_problem` is problems x len(ks) pass@k values. Returns (fit, lower, upper)."""
     per_problem = np.asarray(per_problem, dtype=float)
     fit = fit_power_law(ks, np.nanmean(per_problem, axis=0))
     rng = np.random.default_rng(seed)
     p = per_problem.shape[0]
-    preds = []
-    for _ in range(n_boot):
-        sample = per_problem[rng.integers(0, p, p)]
-        try:
-            preds.append(fit_power_law(ks, np.nanmean(sample, axis=0)).predict(at))
-        except (RuntimeError, ValueError):
-            continue
+    weights = rng.multinomial(p, np.full(p, 1.0 / p), size=n_boot).astype(float)
+    present = ~np.isnan(per_problem)
+    means = (weights @ np.where(present, per_problem, 0.0)) / (weights @ present)
+    a, b = log_log_fit(ks, means)
+    # shift the band onto the least-squares fit: the spread comes from the resamples
+    a0, b0 = log_log_fit(ks, np.nanmean(per_problem, axis=0))
+    at = np.asarray(at, dtype=float)
+    preds = np.exp(a[:, None] * np.power(at[None, :], b[:, None]))
+    centre = np.exp(a0[0] * np.power(at, b0[0]))
+    shift = fit.predict(at) - centre
     alpha = (1.0 - level) / 2
-    band = np.array(preds) if preds else np.full((1, len(at)), np.nan)
-    return fit.predict(at), np.quantile(band, alpha, axis=0), np.quantile(band, 1 - alpha, axis=0)
+    lo = np.clip(np.quantile(preds, alpha, axis=0) + shift, 0.0, 1.0)
+    hi = np.clip(np.quantile(preds, 1 - alpha, axis=0) + shift, 0.0, 1.0)
+    curve = fit.predict(at)
+    return curve, np.minimum(lo, curve), np.maximum(hi, curve)
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,8 @@
 - `runs`: one row per run, its resolved config flattened into dotted columns
   (`strategy.name`, `strategy.n`, `reward.name`, `backend.model`, `budget.tokens`, ...),
   plus `config_key` (the configuration compared: everything but the budget and the run's
-  bookkeeping), `label` (a short name for tables and plots) and `budget_label`.
+  bookkeeping), `label` (a short name for tables and plots), `family` (the label without
+  the parameters that scale compute, `SIZE_KEYS`: one curve) and `budget_label`.
 - `results`: one row per problem of a run, with its spending in every unit of
   `COST_UNITS` (`total_tokens` = prompt + generated; `eflops` computed from FLOPs and bytes
   moved with the default hardware profile when the store has no such column).
@@ -28,8 +29,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
-from sqlalchemy import select
+from sqlalchemy import Text, select, type_coerce
 
 from ttc.errors import ConfigError, RunNotFoundError
 
@@ -54,6 +56,9 @@ SAMPLING_STRATEGIES = frozenset(
 """Strategies whose leaves are independent samples (pass@k and friends apply)."""
 
 CONFIG_GROUPS = ("strategy", "reward", "backend", "task", "allocator")
+SIZE_KEYS = ("strategy.n", "strategy.beam_width", "strategy.particles", "strategy.n_beams")
+"""Strategy parameters that scale its compute: runs differing only in these (and the
+budget) form one accuracy-cost curve (a configuration `family`)."""
 """Config groups that identify a configuration (the budget is its cost axis)."""
 
 _RESULT_COLUMNS = (
@@ -136,10 +141,10 @@ def node_fields(row: dict[str, Any]) -> dict[str, Any]:
     if isinstance(extra, str):
         extra = json.loads(extra)
     score = row.get("score")
-    if score is None:
+    if score is None or score != score:  # missing (None or NaN)
         score = extra.get("score")
     answer = row.get("answer")
-    if answer is None:
+    if not isinstance(answer, str):
         answer = extra.get("answer")
     probe = row.get("probe")
     if probe is None:
@@ -275,7 +280,9 @@ def _runs_frame(picked: list[dict[str, Any]]) -> pd.DataFrame:
                 "backend": r["backend"],
                 "n_problems": r["n_problems"],
                 "config_key": key,
+                "config": r["config"] or {},
                 "label": _label(flat, varying),
+                "family": _label(flat, [k for k in varying if k not in SIZE_KEYS]),
                 "budget_label": ", ".join(f"{k}={v}" for k, v in sorted(limits.items()))
                 or "unlimited",
                 **flat,
@@ -331,21 +338,30 @@ def _nodes_frame(conn: Any, ids: list[str], *, leaves_only: bool, text: bool) ->
         Node.finished,
         Node.answer,
         Node.selected,
-        Node.extra,
+        type_coerce(Node.extra, Text).label("extra"),  # raw JSON: parsed only where needed
     ]
     if text:
         base.append(Node.text)
     q = select(*base).join(Result, Node.result_id == Result.id).where(Result.run_id.in_(ids))
     if leaves_only:
         q = q.where(Node.finished.is_(True))
-    rows = conn.execute(q).mappings().all()
-    records = []
-    for row in rows:
-        rec = {k: row[k] for k in row if k != "extra"}
-        rec.update(node_fields(dict(row)))
-        records.append(rec)
-    columns = [c.key for c in base if c.key != "extra"] + ["probe"]
-    df = pd.DataFrame.from_records(records, columns=columns)
+    rows = conn.execute(q).all()
+    names = [c.key if hasattr(c, "key") else c.name for c in base]
+    df = pd.DataFrame(rows, columns=names)
+    # the accessor fills score / answer / probe from `extra` where the columns lack them
+    raw = df.pop("extra")
+    has = raw.notna() & (raw != "null")
+    need = has & (df["score"].isna() | df["answer"].isna() | raw.str.contains('"probe"', na=False))
+    probe = pd.Series(False, index=df.index)
+    for i in np.flatnonzero(need.to_numpy()):
+        row = df.iloc[i]
+        got = node_fields(
+            {"score": row["score"], "answer": row["answer"], "extra": json.loads(raw.iat[i])}
+        )
+        df.iat[i, df.columns.get_loc("score")] = got["score"]
+        df.iat[i, df.columns.get_loc("answer")] = got["answer"]
+        probe.iat[i] = got["probe"]
+    df["probe"] = probe
     df["score"] = pd.to_numeric(df["score"], errors="coerce").astype("float64")
     return df.sort_values(["run_id", "problem_id", "node_id"], ignore_index=True)
 
@@ -402,29 +418,16 @@ def _task_for(name: str, run: dict[str, Any], notes: list[str]) -> Any:
     from ttc.config import instantiate_config
     from ttc.registry import get_registry
 
-    prefix = "task."
-    cfg = {k.removeprefix(prefix): v for k, v in run.items() if k.startswith(prefix)}
-    cfg = {k: json.loads(v) if isinstance(v, str) and v[:1] in "[{" else v for k, v in cfg.items()}
+    cfg = dict((run.get("config") or {}).get("task") or {"name": name})
     try:
         reg = get_registry().get("task", name)
-        return reg.cls(instantiate_config(reg.config_cls, _nest(cfg), "task"))
+        return reg.cls(instantiate_config(reg.config_cls, cfg, "task"))
     except Exception as exc:  # any plugin failure: fall back to exact matching
         notes.append(
             f"task '{name}' could not be built for grading ({exc}); "
             "samples are graded by exact match"
         )
         return None
-
-
-def _nest(flat: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in flat.items():
-        node = out
-        *parents, last = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[last] = value
-    return out
 
 
 def _grade_one(task: Any, reference: str | None, answer: str | None) -> tuple[float, str | None]:

@@ -49,19 +49,12 @@ class Candidates:
     values: pd.DataFrame
 
 
-def _nested(flat: dict[str, Any], group: str) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in flat.items():
-        if not key.startswith(group + ".") or value is None:
-            continue
-        if isinstance(value, float) and math.isnan(value):
-            continue
-        node = out
-        *parents, last = key.removeprefix(group + ".").split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[last] = json.loads(value) if isinstance(value, str) and value[:1] in "[{" else value
-    return out
+def _nested(run: dict[str, Any], group: str) -> dict[str, Any]:
+    """A config group of a run as stored (the budget: only its set limits)."""
+    value = dict((run.get("config") or {}).get(group) or {})
+    if group == "budget":
+        value = {k: v for k, v in value.items() if v is not None}
+    return value
 
 
 def candidates(
@@ -226,9 +219,16 @@ class PolicyFit:
     notes: list[str] = field(default_factory=list)
 
     def choice(self, level: float | None = None) -> pd.DataFrame:
-        """The per-bin rows at `level` (default: the largest)."""
-        level = self.levels[-1] if level is None else self._level(level)
+        """The per-bin rows at `level` (default: `default_level`)."""
+        level = self.default_level() if level is None else self._level(level)
         return self.per_bin[self.per_bin["level"] == level].sort_values("bin")
+
+    def default_level(self, tolerance: float = 0.01) -> float:
+        """The smallest level whose policy is within `tolerance` of the most accurate one
+        (past it, more budget buys less than a point of accuracy)."""
+        over = self.overall
+        good = over[over["accuracy"] >= over["accuracy"].max() - tolerance]
+        return float(good["level"].min())
 
     def _level(self, level: float) -> float:
         near = min(self.levels, key=lambda x: abs(x - level))
@@ -277,28 +277,26 @@ def _hull(options: list[pd.DataFrame], weights: np.ndarray) -> list[tuple[float,
     (ties to the cheaper), which traces the upper convex hull of the combinations."""
     spans = [float(o["total"].max() - o["total"].min()) for o in options]
     scale = max(max(spans), 1e-12)
-    lambdas = np.concatenate([[0.0], np.geomspace(1e-6, 1e3, 600) / scale, [np.inf]])
-    seen: dict[tuple[int, ...], tuple[float, float, list[int]]] = {}
-    for lam in lambdas:
-        picks = []
-        for o in options:
-            if np.isinf(lam):
-                row = o.sort_values(["total", "value"], ascending=[True, False]).iloc[0]
-            else:
-                gain = o["value"] - lam * o["total"]
-                best = gain.max()
-                row = o[gain >= best - 1e-12].sort_values("total").iloc[0]
-            picks.append(int(row.name))
-        key = tuple(picks)
-        if key not in seen:
-            acc = float(
-                sum(w * o.loc[i, "value"] for w, o, i in zip(weights, options, picks, strict=True))
-            )
-            cost = float(
-                sum(w * o.loc[i, "total"] for w, o, i in zip(weights, options, picks, strict=True))
-            )
-            seen[key] = (cost, acc, picks)
-    return sorted(seen.values())
+    lambdas = np.concatenate([[0.0], np.geomspace(1e-6, 1e3, 600) / scale])
+    picks_by_bin = []
+    for o in options:
+        value = o["value"].to_numpy(float)
+        total = o["total"].to_numpy(float)
+        gain = value[None, :] - lambdas[:, None] * total[None, :]
+        best = gain.max(axis=1, keepdims=True)
+        # among the (near-)best, the cheapest
+        masked = np.where(gain >= best - 1e-12, total[None, :], np.inf)
+        chosen = masked.argmin(axis=1)
+        cheapest = np.lexsort((-value, total))[0]
+        picks_by_bin.append(np.append(chosen, cheapest))
+    combos = np.unique(np.stack(picks_by_bin, axis=1), axis=0)
+    out = []
+    for combo in combos:
+        rows = [o.iloc[int(i)] for o, i in zip(options, combo, strict=True)]
+        acc = float(sum(w * r["value"] for w, r in zip(weights, rows, strict=True)))
+        cost = float(sum(w * r["total"] for w, r in zip(weights, rows, strict=True)))
+        out.append((cost, acc, [int(r.name) for r in rows]))
+    return sorted(out)
 
 
 def fit_policy(

@@ -11,7 +11,7 @@ analysis recovers from such a store can then be checked against `p`.
 - Its reward is noisy: `N(0.65, noise)` when right, `N(0.45, noise)` when wrong.
 - Lengths vary: right samples are shorter than wrong ones; the prompt is counted per
   sample with the shared prefix served from the cache after the first.
-- `beam_search` here is a stand-in step-level strategy: `width` beams of `depth` steps,
+- `beam_search` (or `dvts`) here is a stand-in step-level strategy: `width` beams of `depth` steps,
   right with probability `1 - (1 - p) ** (width / 2)`.
 
 Nothing here is a product component: it stands in for a model and a reward.
@@ -27,6 +27,8 @@ import numpy as np
 
 from ttc.types import Branch, CallRecord, Problem, ProblemResult
 
+STEP_STANDINS = ("beam_search", "dvts")
+"""Step-level strategies the stand-in tree writes (under their own names)."""
 PROMPT_TOKENS = 60
 FLOPS_PER_TOKEN = 2.7e8  # a 135M-parameter model: 2 * params per token
 BYTES_PER_TOKEN = 3.0e5
@@ -107,14 +109,16 @@ class SyntheticEnv:
         sweep: str | None = None,
         budget: dict[str, Any] | None = None,
         probe: int = 0,
+        bulk: bool = False,
     ) -> str:
         """Write one run of `strategy` over the problems (all, or a slice) into `store`;
         return its id. `probe` > 0 stores that many probe samples first (as the
-        `difficulty` allocator does), flagged in their `extra`."""
+        `difficulty` allocator does), flagged in their `extra`. `bulk` writes all problems
+        in one transaction with `bulk_record` (for large benchmark stores)."""
         rng = np.random.default_rng(hash((self.seed, strategy, n, width, depth, seed)) % 2**32)
         index = range(len(self.p))[problems or slice(None)]
         params: dict[str, Any] = {"name": strategy}
-        if strategy == "beam_search":
+        if strategy in STEP_STANDINS:
             params.update(beam_width=width, max_steps=depth)
             limits = {"tokens": width * depth * 60}
         else:
@@ -140,8 +144,12 @@ class SyntheticEnv:
             sweep=sweep,
             n_problems=len(index),
         )
-        for i in index:
-            store.record_problem(run_id, self._problem(rng, i, strategy, n, width, depth, probe))
+        made = (self._problem(rng, i, strategy, n, width, depth, probe) for i in index)
+        if bulk:
+            bulk_record(store, run_id, list(made))
+        else:
+            for result in made:
+                store.record_problem(run_id, result)
         store.finish_run(run_id, "finished")
         return run_id
 
@@ -193,7 +201,7 @@ class SyntheticEnv:
             answer, _, _, tokens = self._sample(rng, i)
             b = add(0, 1, f"\\boxed{{{answer}}}", tokens, answer=answer, finish_reason="eos")
             b.extra["probe"] = True
-        if strategy == "beam_search":
+        if strategy in STEP_STANDINS:
             p_beam = 1.0 - (1.0 - self.p[i]) ** (width / 2)
             parents = []
             for _ in range(width):  # one chain of `depth - 1` steps per beam
@@ -307,7 +315,7 @@ class SyntheticEnv:
             majority_correct=votes.most_common(1)[0][0] == ref,
             oracle_correct=any(marks),
             spent=spent,
-            budget={"samples": n} if strategy != "beam_search" else {"tokens": tokens},
+            budget={"samples": n} if strategy not in STEP_STANDINS else {"tokens": tokens},
             branches=branches,
             calls=calls,
             n_leaves=len(leaves),
@@ -317,3 +325,97 @@ class SyntheticEnv:
 def power_law_coverage(a: float, b: float, ks: np.ndarray) -> np.ndarray:
     """The exponentiated power law of coverage: `exp(a * k**b)`."""
     return np.exp(a * np.power(ks, b))
+
+
+def bulk_record(store: Any, run_id: str, results: list[ProblemResult]) -> None:
+    """Write many problems of a run in one transaction (Core inserts of the same rows
+    `Store.record_problem` writes one problem at a time; a test checks they load alike)."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy import func, insert, select
+
+    from ttc.store.models import Call, Node, Result
+
+    now = datetime.now(UTC)
+    with store.engine.begin() as conn:
+        next_id = int(conn.execute(select(func.coalesce(func.max(Result.id), 0))).scalar()) + 1
+        res_rows, node_rows, call_rows = [], [], []
+        for offset, r in enumerate(results):
+            rid = next_id + offset
+            sp = r.spent
+            res_rows.append(
+                {
+                    "id": rid,
+                    "run_id": run_id,
+                    "problem_id": r.problem.id,
+                    "problem_index": r.index,
+                    "status": r.status,
+                    "answer": r.answer,
+                    "reference": r.problem.reference,
+                    "correct": r.correct,
+                    "pass_at_1": r.pass_at_1,
+                    "majority_correct": r.majority_correct,
+                    "oracle_correct": r.oracle_correct,
+                    "n_branches": max(len(r.branches) - 1, 0),
+                    "n_leaves": r.n_leaves,
+                    **{u: int(sp.get(u, 0)) for u in _INT_UNITS},
+                    **{u: float(sp.get(u, 0.0)) for u in ("flops", "bytes", "seconds")},
+                    "budget": r.budget,
+                    "trace": r.trace,
+                    "error": r.error,
+                    "created_at": now,
+                }
+            )
+            for b in r.branches:
+                node_rows.append(
+                    {
+                        "result_id": rid,
+                        "node_id": b.id,
+                        "parent_id": b.parent_id,
+                        "step": b.step,
+                        "text": b.step_texts[-1] if b.step_texts else "",
+                        "n_tokens": b.new_tokens,
+                        "cum_logprob": b.cum_logprob,
+                        "step_scores": list(b.step_scores),
+                        "score": b.score,
+                        "finished": b.finished,
+                        "finish_reason": b.finish_reason,
+                        "answer": b.answer,
+                        "selected": b.selected,
+                        "extra": dict(b.extra) or None,
+                    }
+                )
+            for c in r.calls:
+                call_rows.append(
+                    {
+                        "result_id": rid,
+                        "seq": c.seq,
+                        "kind": c.kind,
+                        "status": c.status,
+                        "n_requests": c.n_requests,
+                        "n_sequences": c.n_sequences,
+                        "batch_size": c.batch_size,
+                        "prompt_tokens": c.prompt_tokens,
+                        "cached_prompt_tokens": c.cached_prompt_tokens,
+                        "completion_tokens": c.completion_tokens,
+                        "reward_tokens": c.reward_tokens,
+                        "flops": c.flops,
+                        "latency_s": c.latency_s,
+                        "error": c.error,
+                    }
+                )
+        conn.execute(insert(Result), res_rows)
+        conn.execute(insert(Node), node_rows)
+        conn.execute(insert(Call), call_rows)
+
+
+_INT_UNITS = (
+    "samples",
+    "tokens",
+    "prompt_tokens",
+    "cached_prompt_tokens",
+    "prefill_tokens",
+    "reward_tokens",
+    "reward_calls",
+    "refused_calls",
+)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from ttc.cli import db, plugins, run, runs
+from ttc.cli import analyze, db, plugins, run, runs
 
 app = typer.Typer(
     name="ttc",
@@ -17,6 +17,7 @@ run.register(app)
 plugins.register(app)
 app.add_typer(runs.app, name="runs")
 app.add_typer(db.app, name="db")
+app.add_typer(analyze.app, name="analyze")
 
 
 def main() -> None:
