@@ -346,8 +346,7 @@ def _nodes_frame(conn: Any, ids: list[str], *, leaves_only: bool, text: bool) ->
     if leaves_only:
         q = q.where(Node.finished.is_(True))
     rows = conn.execute(q).all()
-    names = [c.key if hasattr(c, "key") else c.name for c in base]
-    df = pd.DataFrame(rows, columns=names)
+    df = pd.DataFrame(rows, columns=list(q.selected_columns.keys()))
     # the accessor fills score / answer / probe from `extra` where the columns lack them
     raw = df.pop("extra")
     has = raw.notna() & (raw != "null")

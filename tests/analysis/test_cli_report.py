@@ -123,3 +123,31 @@ def test_sql_views_give_the_same_accuracy(known_store, tmp_path: Path) -> None:
     lib = pts[pts["metric"] == "accuracy"].set_index("run_id")["value"]
     assert rows == pytest.approx(lib.to_dict())
     assert len(counts) == 300 and all(n == 16 for n, _ in counts)
+
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "analysis.md"
+
+
+def _blocks(lang: str) -> list[str]:
+    return re.findall(rf"```{lang}\n(.*?)```", DOCS.read_text(), flags=re.S)
+
+
+def test_docs_python_example_runs(known_store) -> None:
+    url, _, _ = known_store
+    (code,) = _blocks("python")
+    scope: dict[str, object] = {}
+    exec(code.replace("sqlite:///runs/ttc.db", url).replace('"arith"', '"synthetic"'), scope)
+    assert len(scope["tables"].runs) == 3  # type: ignore[attr-defined]
+    assert "headline" in scope["a"].tables  # type: ignore[attr-defined]
+
+
+def test_docs_sql_example_runs(known_store, tmp_path: Path) -> None:
+    url, _, _ = known_store
+    copy = tmp_path / "docs.db"
+    copy.write_bytes(Path(url.removeprefix("sqlite:///")).read_bytes())
+    engine = create_engine(f"sqlite:///{copy}")
+    create_views(engine)
+    (query,) = _blocks("sql")
+    with engine.connect() as conn:
+        rows = conn.execute(text(query.strip().rstrip(";"))).all()
+    assert len(rows) == 3 and rows == sorted(rows, key=lambda r: r[2])
