@@ -23,7 +23,7 @@ tells about every call's outcome. The policies live with their allocators
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -229,9 +229,14 @@ class Ledger:
         *,
         reward_cost: CostModel | None = None,
         parent: Ledger | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self.budget = budget
         self.parent = parent
+        self._clock: Callable[[], float] = clock or (
+            parent._clock if parent is not None else time.monotonic
+        )
+        """Seconds, for the `seconds` unit (a test may pass a simulated clock)."""
         self.cost: CostModel = cost or (parent.cost if parent is not None else CostModel(None))
         self.reward_cost: CostModel = reward_cost or (
             parent.reward_cost if parent is not None else CostModel(None)
@@ -240,7 +245,7 @@ class Ledger:
         self.spent = Spent()
         self.held: dict[Unit, float] = dict.fromkeys(UNITS, 0.0)
         """The worst cases of authorised calls not yet charged, by unit."""
-        self._t0 = time.monotonic()
+        self._t0 = self._clock()  # a sub-budget's seconds count from its own start
 
     def sub(self, budget: Budget) -> Ledger:
         """A ledger for a part of this problem's spending, limited by `budget` and by
@@ -283,7 +288,7 @@ class Ledger:
 
     # -- queries ----------------------------------------------------------------------
     def elapsed(self) -> float:
-        return time.monotonic() - self._t0
+        return self._clock() - self._t0
 
     def _used(self, unit: Unit) -> float:
         return self.elapsed() if unit == Unit.SECONDS else float(getattr(self.spent, unit))

@@ -289,12 +289,16 @@ def wire(
     budget: Budget | None = None,
     aggregate: str = "last",
     seed: int = 0,
+    clock: Callable[[], float] | None = None,
 ) -> tuple[ProblemContext, Ledger]:
     """What the runner builds for one problem: its prompt (rendered and encoded by the
-    scheduler's backend), its ledger (with the backend's cost model) and its context."""
+    scheduler's backend), its ledger (with the backend's cost model; `clock` for the
+    `seconds` unit, default the backend's `clock` if it has one, else wall time) and its
+    context."""
     backend = scheduler.backend
     prompt = backend.render(problem)
-    ledger = Ledger(budget or Budget(), CostModel(backend.architecture))
+    clock = clock or getattr(backend, "clock", None)
+    ledger = Ledger(budget or Budget(), CostModel(backend.architecture), clock=clock)
     ctx = ProblemContext(
         problem=problem,
         prompt=prompt,
@@ -406,3 +410,29 @@ class StrategyConformance:
             if b.parent_id is not None:
                 assert b.parent_id in ctx.branches
                 assert b.step == ctx.branches[b.parent_id].step + 1
+
+
+SIMULATION = (
+    "SimBackend",
+    "SimBackendConfig",
+    "SelfBatchingSimBackend",
+    "SimClock",
+    "SimReward",
+    "SimRewardConfig",
+    "ExactReward",
+    "SimTask",
+    "SimTaskConfig",
+    "make_problems",
+    "expected_accuracy",
+)
+"""The simulated environment of `ttc.simulation` (varying depth, noisy process reward,
+prefix caching, a batched and a self-batching backend), re-exported here."""
+
+
+def __getattr__(name: str) -> object:
+    # Lazily: ttc.simulation builds on this module's doubles.
+    if name in SIMULATION:
+        from ttc import simulation
+
+        return getattr(simulation, name)
+    raise AttributeError(f"module 'ttc.testing' has no attribute {name!r}")
