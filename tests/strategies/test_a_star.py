@@ -9,9 +9,10 @@ from ttc.budget import Budget
 from ttc.strategies.a_star import AStar, AStarConfig
 from ttc.strategies.best_of_n import BestOfN, BestOfNConfig
 
-# 4 steps right with 0.7 each (p = 0.24 per sample); step scores 0.9 / 0.1 with sd 0.1.
-PROBLEMS = dict(steps=4, q=0.7, wrong="1:0.5,2:0.5")
-ENV = sim.Env(reward=sim.SimRewardConfig(noise=0.1), budget=Budget(tokens=1000))
+# 4 to 6 steps right with 0.7 each (p <= 0.24 per sample), a wrong turn one step longer;
+# step scores 0.9 / 0.1 with sd 0.1; prefix caching on.
+PROBLEMS = dict(steps=4, q=0.7, wrong="1:0.5,2:0.5", spread=2, detour=1)
+ENV = sim.Env(reward=sim.SimRewardConfig(noise=0.1), budget=Budget(tokens=1500))
 
 
 def _run(cfg: AStarConfig | BestOfNConfig, n: int = 200) -> list[sim.Outcome]:
@@ -23,11 +24,11 @@ def _run(cfg: AStarConfig | BestOfNConfig, n: int = 200) -> list[sim.Outcome]:
 def test_informative_heuristic_matches_best_of_n_with_fewer_tokens() -> None:
     bon = _run(BestOfNConfig(n=8))
     astar = _run(AStarConfig(expansions=4, heuristic="last", horizon=5))
-    # Measured: BoN 0.885 with 818 tokens, A* 1.0 with 633 tokens (200 problems).
+    # Measured: BoN 0.78 with 1199 tokens, A* 0.985 with 896 tokens (200 problems).
     assert sim.accuracy(astar) >= sim.accuracy(bon) - 0.03
     assert sim.mean_spent(astar, "tokens") <= 0.85 * sim.mean_spent(bon, "tokens")
     solved = [o for o in astar if o.solution.trace["ended_by"] == "solved"]
-    assert len(solved) >= 0.9 * len(astar)  # the rest ran into the 1000-token budget
+    assert len(solved) >= 0.8 * len(astar)  # the rest (measured 13%) ran into the budget
     assert all(o.solution.branch is not None and o.solution.branch.finished for o in solved)
 
 
@@ -37,9 +38,9 @@ def test_zero_heuristic_costs_more_tokens_but_degrades_gracefully() -> None:
     # Uniform-cost search expands every well-scored shallow prefix before going deeper.
     assert sim.mean_spent(zero, "tokens") >= 1.2 * sim.mean_spent(informed, "tokens")
     assert sim.mean_spent(zero, "reward_calls") > sim.mean_spent(informed, "reward_calls")
-    # ... yet it still answers nearly as well (measured 0.995), far above one sample (0.24).
+    # ... yet it still answers nearly as well (measured 0.955), far above one sample.
     assert sim.accuracy(zero) >= sim.accuracy(informed) - 0.1
-    assert all(o.spent.tokens <= 1000 for o in zero)
+    assert all(o.spent.tokens <= 1500 for o in zero)
 
 
 def test_stops_at_the_token_and_reward_call_budgets() -> None:
