@@ -99,7 +99,17 @@ def main() -> None:
         base.append(f"backend.model={args.model}")
 
     table = Table(title=f"strategies on arith (levels {levels}, {args.problems} problems)")
-    for col in ("strategy", "reward", "budget", "accuracy", "tokens", "reward calls", "wall s"):
+    cols = (
+        "strategy",
+        "reward",
+        "budget",
+        "accuracy",
+        "pass@1",
+        "tokens",
+        "reward calls",
+        "wall s",
+    )
+    for col in cols:
         table.add_column(col, justify="right")
     with tempfile.TemporaryDirectory() as tmp:
         url = f"sqlite:///{Path(tmp) / 'bench.db'}"
@@ -128,11 +138,15 @@ def main() -> None:
                     n = max(len(rows), 1)
                     graded = [r["correct"] for r in rows if r.get("correct") is not None]
                     acc = sum(map(bool, graded)) / len(graded) if graded else None
+                    # pass@1 of the same run: mean correctness of its leaves (samples)
+                    p1 = [r["pass_at_1"] for r in rows if r.get("pass_at_1") is not None]
+                    pass1 = sum(p1) / len(p1) if p1 else None
                     row = (
                         strategy,
                         reward,
                         str(budget),
                         "-" if acc is None else f"{100 * acc:.1f}%",
+                        "-" if pass1 is None else f"{100 * pass1:.1f}%",
                         f"{sum(r.get('tokens') or 0 for r in rows) / n:.0f}",
                         f"{sum(r.get('reward_calls') or 0 for r in rows) / n:.1f}",
                         f"{wall:.1f}",
@@ -142,7 +156,10 @@ def main() -> None:
                     console.print("  " + " | ".join(row), highlight=False)
         store.close()
     console.print(table)
-    console.print("tokens and reward calls are per problem; budget = samples-equivalent")
+    console.print(
+        "tokens and reward calls are per problem; budget = samples-equivalent; pass@1 = "
+        "mean correctness of the run's leaves (problems without a leaf are left out)"
+    )
 
 
 if __name__ == "__main__":
