@@ -341,7 +341,11 @@ class Store:
                 finish_reason=b.finish_reason,
                 answer=b.answer,
                 selected=b.selected,
-                extra=_jsonable({k: v for k, v in b.extra.items() if k != "score"}) or None,
+                extra=_jsonable(
+                    {k: v for k, v in b.extra.items() if k != "score"}
+                    | ({"score_error": b.score_error} if b.score_error else {})
+                )
+                or None,
             )
             for b in r.branches
         ]

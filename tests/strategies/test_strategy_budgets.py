@@ -127,3 +127,34 @@ def test_runs_through_the_runner_and_stores_its_tree(
         assert len(nodes) > 1 and all(n["parent_id"] in ids for n in nodes if n["node_id"])
         if r["answer"] is not None:
             assert any(n["selected"] and n["answer"] == r["answer"] for n in nodes)
+
+
+def test_a_failed_score_is_stored_with_its_error(sim_plugin: None, tmp_path: Path) -> None:
+    from ttc.launch import compose
+    from ttc.runner import Runner
+    from ttc.store import Store
+
+    url = f"sqlite:///{tmp_path / 'ttc.db'}"
+    cfg = compose(
+        [
+            "backend=sim",
+            "task=sim",
+            "task.n_problems=2",
+            "reward=sim",
+            "reward.fail_on=': err'",
+            "strategy=beam_search",
+            "budget.tokens=1500",
+            "run.progress=false",
+            f"store.url={url}",
+        ]
+    )
+    outcome = Runner(cfg).run()
+    store = Store(url)
+    nodes = [
+        n
+        for r in store.results(outcome.run_id)
+        for n in store.nodes(outcome.run_id, r["problem_id"])
+    ]
+    failed = [n for n in nodes if (n["extra"] or {}).get("score_error")]
+    assert failed and all(n["score"] is None for n in failed)
+    assert all("err" in n["text"] for n in failed)
