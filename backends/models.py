@@ -100,7 +100,7 @@ def cache_dir(override: str | os.PathLike[str] | None = None) -> Path:
 def _hint_specs() -> str:
     aliases = ", ".join(sorted(ALIASES))
     return (
-        f"use a built-in alias ({aliases}), a local .gguf file, "
+        f"set backend.model (or reward.model) to a built-in alias ({aliases}), a local .gguf file, "
         "a model directory with config.json, or a Hugging Face hub id"
     )
 

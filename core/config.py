@@ -123,8 +123,52 @@ GROUP_BASES: dict[str, type] = {
 }
 
 
+MAX_SAMPLES = 4096
+"""Sequences one problem may hold at once (n, particles, beam width, ...)."""
+MAX_TOKENS = 1_048_576
+"""Tokens of one sample or step: more than any model's context."""
+MAX_PARALLEL = 65_536
+"""Problems, requests or sequences in flight at once."""
+MAX_INT = 2**31 - 1
+"""Any integer setting: larger values overflow the tensors and columns they reach."""
+
+SIZE_LIMITS: dict[str, tuple[int, str]] = {
+    **{
+        name: (MAX_SAMPLES, "ttc.config.MAX_SAMPLES, sequences per problem")
+        for name in (
+            "n", "particles", "beam_width", "expansions", "width", "max_samples",
+            "min_samples", "batch", "pop", "solutions", "iterations", "k",
+        )
+    },
+    **{
+        name: (MAX_TOKENS, "ttc.config.MAX_TOKENS, tokens per sample")
+        for name in ("max_tokens", "step_tokens", "verify_max_tokens")
+    },
+    **{
+        name: (MAX_PARALLEL, "ttc.config.MAX_PARALLEL, items in flight")
+        for name in (
+            "concurrency", "max_batch_size", "max_concurrency", "max_batch_sequences",
+            "batch_size",
+        )
+    },
+}  # fmt: skip
+"""Upper bounds of the settings that allocate, by field name, for every group (plugins'
+too): a field whose metadata sets no `le`/`lt` gets this one. Without them a typo such as
+`strategy.n=99999999999999999999999` would try to allocate that many sequences."""
+
+
+def _upper_bound(f: dataclasses.Field[Any], value: Any) -> tuple[int, str] | None:
+    meta = f.metadata
+    if "le" in meta or "lt" in meta or isinstance(value, bool) or not isinstance(value, int):
+        return None
+    if "seed" in f.name:  # any integer seeds a generator
+        return None
+    return SIZE_LIMITS.get(f.name, (MAX_INT, "ttc.config.MAX_INT"))
+
+
 def check_bounds(obj: Any, prefix: str) -> None:
-    """Check the `bounded` metadata of a dataclass instance (recursively)."""
+    """Check the `bounded` metadata of a dataclass instance (recursively), and the upper
+    bounds of `SIZE_LIMITS`."""
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         key = f"{prefix}.{f.name}" if prefix else f.name
@@ -153,6 +197,35 @@ def check_bounds(obj: Any, prefix: str) -> None:
                     key=key,
                     value=value,
                 )
+        upper = _upper_bound(f, value)
+        if upper is not None and value > upper[0]:
+            raise ConfigError(
+                f"{key}={value} is too large; it must be <= {upper[0]:,} ({upper[1]})",
+                key=key,
+                value=value,
+                hint=f"lower {key}; for more, split the work into several problems or runs",
+            )
+
+
+def check_keys(node: Any, key: str) -> None:
+    """Refuse keys a schema does not declare (`+foo=bar` adds them past Hydra's checks)."""
+    schema = OmegaConf.get_type(node) if isinstance(node, DictConfig) else None
+    if schema is None or not dataclasses.is_dataclass(schema):
+        return
+    declared = {f.name: f for f in dataclasses.fields(schema)}
+    for name in node:
+        name = str(name)
+        full = f"{key}.{name}" if key else name
+        if name not in declared:
+            raise ConfigError(
+                f"{full} is not a config key; valid keys under {key or 'the root'}: "
+                f"{', '.join(declared)}",
+                key=full,
+                hint=f"remove +{full}=..., or check its spelling",
+            )
+        child = node._get_node(name)
+        if isinstance(child, DictConfig):
+            check_keys(child, full)
 
 
 def to_object(node: Any, key: str) -> Any:
@@ -182,5 +255,6 @@ def instantiate_config(schema: type, node: Any, key: str) -> Any:
 
 def validate(cfg: DictConfig) -> None:
     """Check every group's and the root's ranges; raise `ConfigError` naming the key."""
+    check_keys(cfg, "")
     for key in (*GROUP_BASES, "budget", "scheduler", "run"):
         to_object(cfg[key], key)

@@ -37,6 +37,8 @@ class ConfigError(TtcError):
         value: Any = None,
         hint: str | None = None,
     ) -> None:
+        if hint is None and key:
+            hint = f"correct {key} (`ttc run --cfg job` prints every key with its value)"
         super().__init__(message, hint=hint)
         self.key = key
         self.value = value
@@ -123,6 +125,17 @@ class RunNotFoundError(StoreError):
             hint="list runs with `ttc runs list` (and check store.url)",
         )
         self.run_id = run_id
+
+
+class AmbiguousRunIdError(StoreError):
+    def __init__(self, prefix: str, matches: list[str]) -> None:
+        shown = ", ".join(matches[:5]) + (", ..." if len(matches) > 5 else "")
+        super().__init__(
+            f"run id prefix '{prefix}' is ambiguous: it matches {shown}",
+            hint="give more characters of the id (`ttc runs list` shows them)",
+        )
+        self.prefix = prefix
+        self.matches = matches
 
 
 class DataError(TtcError):

@@ -101,9 +101,25 @@ def expand_sweep(overrides: Sequence[str]) -> list[list[str]]:
     try:
         parsed = parser.parse_overrides(list(overrides))
     except Exception as exc:
-        raise ConfigError(f"cannot parse overrides: {str(exc).splitlines()[0]}") from exc
+        raise _parse_error(parser, overrides, exc) from exc
     batches = BasicSweeper.split_arguments(parsed, None)
     return [list(job) for batch in batches for job in batch]
+
+
+def _parse_error(parser: Any, overrides: Sequence[str], exc: Exception) -> ConfigError:
+    """The override that does not parse, named with its key."""
+    reason = str(exc).splitlines()[0]
+    for override in overrides:
+        try:
+            parser.parse_overrides([override])
+        except Exception as one:
+            key = override.partition("=")[0].lstrip("+~")
+            return ConfigError(
+                f"cannot parse the override {override!r}: {str(one).splitlines()[0]}",
+                key=key,
+                hint="sweep values are comma-separated (key=a,b) or range(start,stop)",
+            )
+    return ConfigError(f"cannot parse overrides: {reason}", hint="check the overrides' syntax")
 
 
 def check(overrides: Sequence[str], *, multirun: bool) -> None:

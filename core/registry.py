@@ -152,6 +152,28 @@ def _allowed_third_party() -> set[str] | None:
     return {p.strip() for p in raw.split(",") if p.strip()}
 
 
+def _module_plugins() -> list[str]:
+    return [m.strip() for m in os.environ.get("TTC_PLUGIN_MODULES", "").split(",") if m.strip()]
+
+
+def _check_allowed(allowed: set[str] | None, entry_points: list[Any]) -> None:
+    """Every name in TTC_PLUGINS must be a plugin that can be loaded (a typo there would
+    otherwise silently drop the plugin the user asked for)."""
+    if not allowed:
+        return
+    known = {ep.name for ep in entry_points} | set(_module_plugins()) | set(BUILTIN_PLUGINS)
+    missing = sorted(allowed - known)
+    if missing:
+        installed = ", ".join(sorted(known - set(BUILTIN_PLUGINS))) or "none"
+        raise PluginError(
+            f"TTC_PLUGINS names {', '.join(repr(m) for m in missing)}, which "
+            f"{'is' if len(missing) == 1 else 'are'} not installed; installed third-party "
+            f"plugins: {installed}",
+            plugin=missing[0],
+            hint="fix TTC_PLUGINS (comma-separated entry-point names), or install the plugin",
+        )
+
+
 def build_plugin_manager() -> tuple[pluggy.PluginManager, dict[str, PluginInfo]]:
     """Load built-ins, entry points and `TTC_PLUGIN_MODULES` into a fresh manager."""
     pm = pluggy.PluginManager("ttc")
@@ -178,7 +200,9 @@ def build_plugin_manager() -> tuple[pluggy.PluginManager, dict[str, PluginInfo]]
              _own_version(), True)  # fmt: skip
 
     allowed = _allowed_third_party()
-    for ep in md.entry_points(group=ENTRY_POINT_GROUP):
+    entry_points = list(md.entry_points(group=ENTRY_POINT_GROUP))
+    _check_allowed(allowed, entry_points)
+    for ep in entry_points:
         if ep.name in BUILTIN_PLUGINS or (allowed is not None and ep.name not in allowed):
             continue
         dist = ep.dist.name if ep.dist is not None else ""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from ttc.cli import analyze, db, plugins, run, runs
+from ttc.cli._common import OneLineErrors
 
 app = typer.Typer(
     name="ttc",
@@ -12,6 +13,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    cls=OneLineErrors,
 )
 run.register(app)
 plugins.register(app)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections.abc import Iterator
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperGroup
 
 from ttc.errors import TtcError
 
@@ -31,6 +33,72 @@ def store_url(given: str | None) -> str:
     return given or os.environ.get("TTC_STORE_URL") or DEFAULT_STORE_URL
 
 
+def open_store(given: str | None, *, create: bool = False) -> Any:
+    """The store a command names (--store, $TTC_STORE_URL, the default). Read commands
+    pass `create=False`: a mistyped SQLite path is an error, not a new empty store."""
+    from ttc.store.store import open_store as _open
+
+    return _open(store_url(given), create=create)
+
+
+def print_error(message: str, hint: str | None = None) -> None:
+    """`error: <message> (hint: <hint>)` on stderr, one line whatever the width."""
+    from ttc.store.secrets import scrub  # a URL in a message must not show its password
+
+    shown = f" (hint: {hint})" if hint else ""
+    err_console.print(
+        f"[bold red]error:[/] {escape(scrub(message))}[dim]{escape(scrub(shown))}[/]",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+def _click() -> Any:
+    """The click that typer runs on (recent typer releases carry their own copy)."""
+    try:
+        from typer import _click as vendored  # type: ignore[attr-defined]
+
+        return vendored
+    except ImportError:
+        import click
+
+        return click
+
+
+class OneLineErrors(TyperGroup):
+    """The root command group: click's usage errors (a bad option value, a missing
+    argument) print one line naming the option and how to get help, like ttc's own."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        click = _click()
+        standalone = kwargs.pop("standalone_mode", True)
+        try:
+            rv = super().main(*args, **{**kwargs, "standalone_mode": False})
+        except click.exceptions.UsageError as exc:
+            if type(exc).__name__ == "NoArgsIsHelpError":  # the help is already printed
+                if not standalone:
+                    raise
+                sys.exit(exc.exit_code)
+            where = exc.ctx.command_path if exc.ctx is not None else "ttc"
+            print_error(exc.format_message(), f"see `{where} --help`")
+            if not standalone:
+                raise
+            sys.exit(exc.exit_code)
+        except click.exceptions.ClickException as exc:
+            print_error(exc.format_message())
+            if not standalone:
+                raise
+            sys.exit(exc.exit_code)
+        except click.exceptions.Abort:
+            if not standalone:
+                raise
+            err_console.print("aborted")
+            sys.exit(1)
+        if not standalone:
+            return rv
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
 @contextlib.contextmanager
 def errors_to_exit() -> Iterator[None]:
     """Print a ttc error as one line plus a hint and exit non-zero (no traceback)."""
@@ -38,14 +106,7 @@ def errors_to_exit() -> Iterator[None]:
         yield
     except TtcError as exc:
         # One line: what is wrong, then what to do about it.
-        from ttc.store.secrets import scrub  # a URL in a message must not show its password
-
-        hint = f" (hint: {exc.hint})" if exc.hint else ""
-        err_console.print(
-            f"[bold red]error:[/] {escape(scrub(exc.message))}[dim]{escape(scrub(hint))}[/]",
-            highlight=False,
-            soft_wrap=True,
-        )
+        print_error(exc.message, exc.hint)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         err_console.print(

@@ -25,6 +25,7 @@ def upgrade(
         engine = make_engine(url)
         do_upgrade(engine, revision)
         console.print(f"store at {engine.url.render_as_string()} is at revision {revision}")
+        engine.dispose()
 
 
 @app.command("downgrade")
@@ -34,13 +35,22 @@ def downgrade(
 ) -> None:
     """Revert the store's migrations down to REVISION."""
     from alembic import command
+    from sqlalchemy.exc import DBAPIError
 
-    from ttc.store.store import alembic_config, make_engine
+    from ttc.store.store import alembic_config, make_engine, migration_error, store_error
 
     with errors_to_exit():
-        engine = make_engine(store_url(store))
+        # downgrading a store that does not exist is a typo, not a request for a new one
+        engine = make_engine(store_url(store), create=False)
         cfg = alembic_config(engine)
-        with engine.begin() as conn:
-            cfg.attributes["connection"] = conn
-            command.downgrade(cfg, revision)
+        try:
+            with engine.begin() as conn:
+                cfg.attributes["connection"] = conn
+                command.downgrade(cfg, revision)
+        except DBAPIError as exc:
+            raise store_error(engine.url, exc) from exc
+        except Exception as exc:  # alembic's CommandError: an unknown revision
+            raise migration_error(engine, revision, exc) from exc
+        finally:
+            engine.dispose()
         console.print(f"store downgraded to {revision}")

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
+import os
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
@@ -24,10 +27,10 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from ttc.errors import RunNotFoundError, StoreError
+from ttc.errors import AmbiguousRunIdError, RunNotFoundError, StoreError
 from ttc.store.liveness import is_live, owner_id
 from ttc.store.models import Call, Node, Result, Run
 from ttc.store.secrets import mask_config, mask_url, scrub
@@ -62,11 +65,13 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cur = dbapi_connection.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute(f"PRAGMA busy_timeout={_busy_timeout_ms()}")
     cur.close()
 
 
-def make_engine(url: str, *, echo: bool = False) -> Engine:
+def make_engine(url: str, *, echo: bool = False, create: bool = True) -> Engine:
+    """An engine for the store at `url`; `create=False`: a SQLite file must already exist
+    (read commands never create an empty store from a mistyped path)."""
     try:
         engine = create_engine(url, echo=echo)
     except (SQLAlchemyError, ImportError, ValueError) as exc:
@@ -77,8 +82,8 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
         ) from exc
     if engine.dialect.name == "sqlite":
         db = engine.url.database
-        if db and db != ":memory:":
-            Path(db).parent.mkdir(parents=True, exist_ok=True)
+        if db and db != ":memory:" and not db.startswith("file:"):
+            prepare_sqlite_path(Path(db), create=create)
         event.listen(engine, "connect", _sqlite_pragmas)
     return engine
 
@@ -111,15 +116,143 @@ def upgrade(engine: Engine, revision: str = "head", *, attempts: int = 5) -> Non
                 cfg.attributes["connection"] = conn
                 command.upgrade(cfg, revision)
             return
-        except OperationalError as exc:
+        except DBAPIError as exc:
             racing = "already exists" in str(exc.orig) or "locked" in str(exc.orig)
             if racing and attempt + 1 < attempts:
                 time.sleep(0.2 * (attempt + 1))
                 continue
+            raise store_error(engine.url, exc) from exc
+        except Exception as exc:  # alembic's CommandError: an unknown revision
+            raise migration_error(engine, revision, exc) from exc
+
+
+# -- open/connect errors as one line --------------------------------------------------------
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+"""How long SQLite waits for another writer's lock (TTC_SQLITE_BUSY_TIMEOUT_MS overrides)."""
+
+
+def _busy_timeout_ms() -> int:
+    raw = os.environ.get("TTC_SQLITE_BUSY_TIMEOUT_MS", "")
+    return int(raw) if raw.strip().isdigit() else SQLITE_BUSY_TIMEOUT_MS
+
+
+def prepare_sqlite_path(db: Path, *, create: bool) -> None:
+    """Check a SQLite store's path before SQLite sees it (its own errors name no file)."""
+    if db.is_dir():
+        raise StoreError(
+            f"the store path '{db}' is a directory, not a SQLite file",
+            hint="give a file path, e.g. --store sqlite:///runs/ttc.db (store.url=...)",
+        )
+    for parent in db.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise StoreError(
+                    f"cannot create the store '{db}': '{parent}' is a file, not a folder",
+                    hint="choose another store path (store.url or --store)",
+                )
+            break
+    if not create:
+        if not db.is_file():
             raise StoreError(
-                f"cannot migrate the store at '{engine.url}': {scrub(str(exc.orig))}",
-                hint="check store.url and that the database server is reachable",
-            ) from exc
+                f"no store at '{db}' (the file does not exist)",
+                hint="check --store / TTC_STORE_URL (relative paths start at "
+                f"{Path.cwd()}); `ttc run` creates a store",
+            )
+        return
+    try:
+        db.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(
+            f"cannot create the folder of the store '{db}': {exc.strerror}",
+            hint="choose a writable store path (store.url or --store)",
+        ) from exc
+
+
+def store_error(url: Any, exc: BaseException) -> StoreError:
+    """One line for a database error met while opening or reading a store (the URL is
+    shown with its password hidden)."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        shown_url = make_url(str(url)) if not hasattr(url, "render_as_string") else url
+        shown = shown_url.render_as_string(hide_password=True)
+        db = shown_url.database if shown_url.get_backend_name() == "sqlite" else None
+    except Exception:
+        shown, db = "<store.url>", None
+    orig = getattr(exc, "orig", None) or exc
+    text = scrub((str(orig).strip().splitlines() or [type(orig).__name__])[0])
+    low = text.lower()
+    where = f"'{db}'" if db else f"at {shown}"
+    if "not a database" in low or "malformed" in low or "disk image" in low:
+        return StoreError(
+            f"the store file {where} is not a SQLite database or is damaged ({text})",
+            hint="point --store / store.url at a ttc store; the file was left untouched "
+            "(move it away to start a new store there)",
+        )
+    if "locked" in low or "busy" in low:
+        return StoreError(
+            f"the store {where} is locked by another program ({text}) for longer than "
+            f"the busy timeout ({_busy_timeout_ms()} ms)",
+            hint="wait for the other program to finish, or raise TTC_SQLITE_BUSY_TIMEOUT_MS",
+        )
+    if "readonly" in low or "read-only" in low:
+        return StoreError(
+            f"the store {where} is read-only ({text})",
+            hint="make the file writable, or choose another store.url",
+        )
+    if "value too long" in low or "too long" in low:
+        return StoreError(
+            f"a value is longer than its column in the store {where} ({text})",
+            hint="shorten run.name (at most 200 characters) or the task's problem ids",
+        )
+    if db is not None:
+        return StoreError(
+            f"cannot open the store {where}: {text}",
+            hint="check store.url (or --store): a SQLite file in a writable folder",
+        )
+    return StoreError(
+        f"cannot use the store at {shown}: {text}",
+        hint="check store.url (or --store / TTC_STORE_URL) and that the database server "
+        "is reachable",
+    )
+
+
+def migration_error(engine: Engine, revision: str, exc: BaseException) -> StoreError:
+    """One line for a migration that Alembic refused (usually an unknown revision)."""
+    from alembic.script import ScriptDirectory
+
+    if isinstance(exc, StoreError):
+        return exc
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    try:
+        script = ScriptDirectory.from_config(alembic_config(engine))
+        known = [r.revision for r in script.walk_revisions()]
+    except Exception:
+        known = []
+    valid = ", ".join(["head", "base", *reversed(known)])
+    return StoreError(
+        f"cannot migrate the store to revision '{revision}': {text}",
+        hint=f"valid revisions: {valid} (`ttc db upgrade` goes to head)",
+    )
+
+
+@contextlib.contextmanager
+def store_errors(url: Any) -> Iterator[None]:
+    """Turn database errors inside the block into a one-line `StoreError`."""
+    try:
+        yield
+    except DBAPIError as exc:
+        raise store_error(url, exc) from exc
+
+
+def open_store(url: str, *, create: bool = True, echo: bool = False) -> Store:
+    """Open (and migrate) the store at `url`, any database error as one line;
+    `create=False` for commands that only read: a missing SQLite file is an error."""
+    if not create:
+        make_engine(url, create=False).dispose()
+    with store_errors(url):
+        return Store(url, echo=echo)
 
 
 class Store:
@@ -238,9 +371,13 @@ class Store:
         run = s.get(Run, run_id)
         if run is None:
             # allow unique prefixes, like git
-            rows = s.scalars(select(Run).where(Run.id.startswith(run_id))).all()
-            if len(rows) != 1:
+            rows = s.scalars(
+                select(Run).where(Run.id.startswith(run_id, autoescape=True)).limit(6)
+            ).all()
+            if not run_id or not rows:
                 raise RunNotFoundError(run_id)
+            if len(rows) > 1:
+                raise AmbiguousRunIdError(run_id, [r.id for r in rows])
             run = rows[0]
         return run
 

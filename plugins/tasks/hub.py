@@ -1,4 +1,5 @@
-"""Benchmark tasks read through `datasets`: gsm8k, math500, aime24, amc23, and `jsonl`.
+"""Benchmark tasks: gsm8k, math500, aime24, amc23 (from the hub, through `datasets`), and
+`jsonl`.
 
 Each benchmark loads its hub copy by default, or a local JSON Lines file in the hub's
 field layout with `task.data_files=path.jsonl` (the way to run offline). `jsonl` reads any
@@ -11,6 +12,7 @@ itself retries an unreachable host for about half a minute before it fails.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import threading
@@ -109,25 +111,56 @@ def _offline() -> bool:
 
 
 def load_jsonl_rows(data_files: str) -> list[dict[str, Any]]:
-    """Rows of a local JSON Lines file, through `datasets`' json loader."""
-    import datasets
+    """Rows of a local JSON Lines file, one JSON object a line (blank lines skipped).
 
+    Read line by line rather than through `datasets`' loader, which fills a field that a
+    row lacks with None (a question without its answer would go silently ungraded) and
+    reports a broken line without its number.
+    """
     path = Path(data_files).expanduser()
+    hint = "check task.data_files; give a path to a JSON Lines file, one problem a line"
+    if path.is_dir():
+        raise DataError(f"data file '{data_files}' is a directory, not a file", hint=hint)
     if not path.is_file():
         raise DataError(
             f"data file '{data_files}' does not exist "
             f"(relative paths are resolved against {Path.cwd()})",
-            hint="check task.data_files; give a path to a JSON Lines file, one problem a line",
+            hint=hint,
         )
     try:
-        with _quiet(datasets):
-            dataset = datasets.load_dataset("json", data_files=str(path), split="train")
-    except Exception as exc:  # datasets raises many types for a malformed file
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
         raise DataError(
-            f"cannot read '{data_files}' as JSON Lines: {type(exc).__name__}: {exc}",
-            hint="each line must be one JSON object with the same fields",
+            f"data file '{data_files}' is not text (not UTF-8 at byte {exc.start})",
+            hint="task.data_files must be a JSON Lines file, one JSON object a line",
         ) from exc
-    return list(dataset)
+    except OSError as exc:
+        raise DataError(f"cannot read data file '{data_files}': {exc.strerror}", hint=hint) from exc
+    rows: list[dict[str, Any]] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(
+                f"data file '{data_files}', line {number}: not valid JSON ({exc.msg})",
+                hint="each line must be one JSON object, e.g. "
+                '{"question": "...", "answer": "..."} (CSV is not read: convert it)',
+            ) from exc
+        if not isinstance(row, dict):
+            raise DataError(
+                f"data file '{data_files}', line {number}: a JSON {type(row).__name__}, "
+                "not an object",
+                hint='each line must be one JSON object, e.g. {"question": "...", "answer": "..."}',
+            )
+        rows.append(row)
+    if not rows:
+        raise DataError(
+            f"data file '{data_files}' is empty (no problems in it)",
+            hint="task.data_files needs one JSON object a line",
+        )
+    return rows
 
 
 @contextlib.contextmanager
@@ -172,6 +205,49 @@ def _require(row: dict[str, Any], field: str | None, source: str, hint: str) -> 
     return row[field]
 
 
+MAX_ID_CHARS = 200
+"""Longest problem id the store keeps (its column; PostgreSQL refuses longer ones)."""
+
+
+def row_item(
+    row: dict[str, Any],
+    where: str,
+    *,
+    index: int,
+    fields: tuple[str, str | None, str | None],
+    hints: tuple[str, str, str],
+) -> tuple[str, str, Any]:
+    """(id, question, raw answer) of one row, refusing null or empty questions, null
+    answers (unless no answer field is configured) and null or over-long ids."""
+    question_field, answer_field, id_field = fields
+    question = _require(row, question_field, where, hints[0])
+    answer = _require(row, answer_field, where, hints[1])
+    raw_id = _require(row, id_field, where, hints[2])
+    if question is None or (isinstance(question, str) and not question.strip()):
+        raise DataError(
+            f"{where}: the question field '{question_field}' is "
+            f"{'null' if question is None else 'empty'}",
+            hint="give every row a question (or remove the row)",
+        )
+    if answer_field is not None and answer is None:
+        raise DataError(
+            f"{where}: the answer field '{answer_field}' is null, so the problem could not "
+            "be graded",
+            hint="give every row an answer, or pass task.answer_field=null for a file of "
+            "ungraded problems",
+        )
+    if id_field is not None and raw_id is None:
+        raise DataError(f"{where}: the id field '{id_field}' is null", hint=hints[2])
+    problem_id = str(raw_id if raw_id is not None else index)
+    if len(problem_id) > MAX_ID_CHARS:
+        raise DataError(
+            f"{where}: the problem id is {len(problem_id)} characters long; the store keeps "
+            f"at most {MAX_ID_CHARS}",
+            hint="use shorter ids (or task.id_field=null to number the rows)",
+        )
+    return problem_id, str(question), answer
+
+
 def _as_text(value: Any) -> str | None:
     """A reference as text; whole floats lose their `.0` (amc23 stores 27.0 for 27)."""
     if value is None:
@@ -212,13 +288,17 @@ class HubTask(PromptedTask):
         items = []
         for index, row in enumerate(rows):
             where = f"{source}, row {index}"
-            question = _require(row, self.question_field, where, hint)
-            answer = _require(row, self.answer_field, where, hint)
-            raw_id = _require(row, self.id_field, where, hint)
+            problem_id, question, answer = row_item(
+                row,
+                where,
+                index=index,
+                fields=(self.question_field, self.answer_field, self.id_field),
+                hints=(hint, hint, hint),
+            )
             items.append(
                 Item(
-                    id=str(raw_id if raw_id is not None else index),
-                    question=str(question),
+                    id=problem_id,
+                    question=question,
                     reference=self.reference_in(answer, where),
                     metadata=self.metadata_of(row),
                 )
@@ -295,13 +375,18 @@ class JsonlTask(PromptedTask):
         items = []
         for index, row in enumerate(rows):
             where = f"data file '{files}', row {index}"
-            question = _require(row, self.config.question_field, where, _field_hint("question"))
-            answer = _require(row, self.config.answer_field, where, _field_hint("answer"))
-            raw_id = _require(row, self.config.id_field, where, _field_hint("id"))
+            c = self.config
+            problem_id, question, answer = row_item(
+                row,
+                where,
+                index=index,
+                fields=(c.question_field, c.answer_field, c.id_field),
+                hints=(_field_hint("question"), _field_hint("answer"), _field_hint("id")),
+            )
             items.append(
                 Item(
-                    id=str(raw_id if raw_id is not None else index),
-                    question=str(question),
+                    id=problem_id,
+                    question=question,
                     reference=_as_text(answer),
                 )
             )
