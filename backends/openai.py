@@ -53,7 +53,7 @@ from ttc.backends._text import (
     problem_messages,
 )
 from ttc.config import BackendConfig, bounded
-from ttc.errors import BackendError
+from ttc.errors import BackendError, ConfigError
 from ttc.interfaces import Backend
 from ttc.types import (
     FinishReason,
@@ -175,6 +175,29 @@ def _classify_exception(exc: Exception) -> _Failure:
     return _Failure("error", f"{type(exc).__name__}: {exc}", retry=False)
 
 
+def check_base_url(url: str) -> None:
+    """A base URL that cannot be right fails at once, not after a round of retries."""
+    from urllib.parse import urlparse
+
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ConfigError(
+            f"backend.base_url={url!r} is not an http(s) URL",
+            key="backend.base_url",
+            value=url,
+            hint="pass the server's API root, e.g. backend.base_url=http://127.0.0.1:8000/v1",
+        )
+    try:
+        parsed.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError as exc:
+        raise ConfigError(
+            f"backend.base_url={url!r} has an invalid port",
+            key="backend.base_url",
+            value=url,
+            hint="pass the server's API root, e.g. backend.base_url=http://127.0.0.1:8000/v1",
+        ) from exc
+
+
 class _Retry:
     """The retry policy: exponential backoff with full jitter, bounded attempts."""
 
@@ -196,7 +219,8 @@ class _Retry:
         self.stats.failures[failure.kind] += 1
         self.stats.last_errors.append(f"{what}: {failure}")
         again = failure.retry and attempt < self.config.max_attempts
-        log.warning(
+        # Retries are detail (`ttc run --verbose` shows them); the final error is printed.
+        log.info(
             "%s: attempt %d/%d failed (%s): %s%s",
             what,
             attempt,
@@ -229,7 +253,12 @@ class OpenAIBackend(CodecBackend, Backend):
 
     config: OpenAIBackendConfig
 
+    blocking_codec: ClassVar[bool] = True
+    """`render`/`encode` may make HTTP calls (the server's /tokenize) with retries: the
+    runner calls them in a worker thread, never on the event loop."""
+
     def __init__(self, config: OpenAIBackendConfig) -> None:
+        check_base_url(config.base_url)
         super().__init__(config)
         self.stats = RequestStats()
         self._retry = _Retry(config, self.stats)
@@ -325,7 +354,7 @@ class OpenAIBackend(CodecBackend, Backend):
         if sync_client is not None:
             sync_client.close()
         if self.stats.failures:
-            log.warning("openai backend: %s", self.stats.as_dict())
+            log.info("openai backend: %s", self.stats.as_dict())
 
     @property
     def model_name(self) -> str:

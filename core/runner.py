@@ -346,11 +346,11 @@ class Runner:
         try:  # a failure in one problem's planning, rendering or encoding is its own
             budget = parts.allocator.budget_for(problem)
             ledger = Ledger(budget, cost)
-            prompt = parts.backend.render(problem)
+            prompt, prompt_ids = await render_encode(parts.backend, problem)
             ctx = ProblemContext(
                 problem=problem,
                 prompt=prompt,
-                prompt_ids=parts.backend.encode(prompt),
+                prompt_ids=prompt_ids,
                 scheduler=scheduler,
                 ledger=ledger,
                 task=parts.task,
@@ -397,6 +397,19 @@ class Runner:
 
 def _format_error(exc: BaseException) -> str:
     return scrub("".join(traceback.format_exception(exc, limit=8)))
+
+
+async def render_encode(backend: Backend, problem: Problem) -> tuple[str, list[int]]:
+    """The problem's prompt and its ids; in a worker thread for a backend whose codec
+    makes blocking calls (`blocking_codec`: HTTP tokenization with retries)."""
+
+    def both() -> tuple[str, list[int]]:
+        prompt = backend.render(problem)
+        return prompt, list(backend.encode(prompt))
+
+    if getattr(backend, "blocking_codec", False):
+        return await asyncio.to_thread(both)
+    return both()
 
 
 def _failed_before_solving(index: int, problem: Problem, exc: Exception) -> ProblemResult:
