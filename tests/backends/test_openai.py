@@ -310,7 +310,7 @@ def test_failures_are_retried_counted_and_logged(
     server: FakeServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     server.plan = lambda body: ["429", "500", "timeout"]
-    caplog.set_level(logging.WARNING, logger="ttc.backends.openai")
+    caplog.set_level(logging.INFO, logger="ttc.backends.openai")  # retries are detail (info)
 
     async def go(b: OpenAIBackend) -> Any:
         req = GenerateRequest("Problem answer=3\n" + PROMPT_END, None, Sampling(max_tokens=40))
@@ -412,7 +412,7 @@ def test_a_run_completes_through_injected_failures_and_never_stores_the_key(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     monkeypatch.setenv("TTC_TEST_OPENAI_KEY", SECRET)
-    caplog.set_level(logging.WARNING, logger="ttc.backends.openai")
+    caplog.set_level(logging.INFO, logger="ttc.backends.openai")  # retries are detail (info)
     cfg = compose(
         _overrides(
             server,
