@@ -189,6 +189,7 @@ class _Row:
     generator: torch.Generator
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
+    top: list[tuple[tuple[int, float], ...]] = field(default_factory=list)
     text: str = ""
     finish: FinishReason | None = None
     stop_reason: str | None = None
@@ -556,11 +557,14 @@ class HFBackend(Backend):
         active = list(rows)
         insert_budget = self.prefix_cache.max_tokens
         while True:
-            tokens, token_lps = params.sample(logits, [row.generator for row in active])
+            tokens, token_lps, top = params.sample(logits, [row.generator for row in active])
             token_list = tokens.tolist()
             lp_list = token_lps.tolist() if token_lps is not None else None
+            top_rows = _top_rows(top, active)
             keep: list[int] = []
             for i, row in enumerate(active):
+                if top_rows is not None:
+                    row.top.append(top_rows[i])
                 self._advance(row, token_list[i], None if lp_list is None else lp_list[i])
                 if row.finish is None:
                     keep.append(i)
@@ -625,8 +629,26 @@ class HFBackend(Backend):
             text=row.text,
             finish_reason=row.finish,
             logprobs=tuple(row.logprobs) if row.sampling.logprobs else None,
+            top_logprobs=tuple(row.top) if row.sampling.top_logprobs else None,
             stop_reason=row.stop_reason,
         )
+
+
+def _top_rows(
+    top: tuple[torch.Tensor, torch.Tensor] | None, rows: list[_Row]
+) -> list[tuple[tuple[int, float], ...]] | None:
+    """Each row's top-k `(id, logprob)` pairs, cut to the k it asked for."""
+    if top is None:
+        return None
+    values, ids = top[0].tolist(), top[1].tolist()
+    return [
+        tuple(
+            zip(
+                ids[i][: r.sampling.top_logprobs], values[i][: r.sampling.top_logprobs], strict=True
+            )
+        )
+        for i, r in enumerate(rows)
+    ]
 
 
 def stack_left_padded(row_kv: Sequence[KV | None], lengths: Sequence[int], width: int) -> KV:
@@ -674,6 +696,8 @@ class _SamplingTensors:
     top_p: torch.Tensor
     min_p: torch.Tensor
     want_logprobs: bool
+    top_logprobs: int = 0
+    """The most top-k alternatives any row asked for (0: none)."""
 
     @classmethod
     def build(cls, rows: list[_Row], device: torch.device) -> _SamplingTensors:
@@ -688,18 +712,22 @@ class _SamplingTensors:
             top_p=col([r.sampling.top_p for r in rows], torch.float32),
             min_p=col([r.sampling.min_p for r in rows], torch.float32),
             want_logprobs=any(r.sampling.logprobs for r in rows),
+            top_logprobs=max(
+                (r.sampling.top_logprobs for r in rows if r.sampling.logprobs), default=0
+            ),
         )
 
     def select(self, idx: torch.Tensor) -> _SamplingTensors:
         return _SamplingTensors(
             self.temperature[idx], self.top_k[idx], self.top_p[idx], self.min_p[idx],
-            self.want_logprobs,
+            self.want_logprobs, self.top_logprobs,
         )  # fmt: skip
 
     def sample(
         self, logits: torch.Tensor, generators: list[torch.Generator]
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Next token per row, and its model logprob when any row asked for logprobs."""
+    ) -> tuple[torch.Tensor, torch.Tensor | None, tuple[torch.Tensor, torch.Tensor] | None]:
+        """Next token per row, its model logprob when any row asked for logprobs, and the
+        top-k (logprobs, ids) of the model's distribution when any row asked for those."""
         import torch
 
         tokens = logits.argmax(-1)
@@ -732,8 +760,11 @@ class _SamplingTensors:
             if order is not None:
                 pick = order.gather(1, pick)
             tokens[sampled] = pick.squeeze(1)
-        logprobs = None
+        logprobs = top = None
         if self.want_logprobs:
             lsm = torch.log_softmax(logits, dim=-1)
             logprobs = lsm.gather(1, tokens.unsqueeze(1)).squeeze(1)
-        return tokens, logprobs
+            if self.top_logprobs:
+                values, ids = lsm.topk(min(self.top_logprobs, lsm.shape[-1]), dim=-1)
+                top = (values, ids)
+        return tokens, logprobs, top

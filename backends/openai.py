@@ -454,10 +454,12 @@ class OpenAIBackend(CodecBackend, Backend):
         if s.seed is not None:
             body["seed"] = s.seed
         if s.logprobs:
-            body["logprobs"] = 1
+            body["logprobs"] = max(1, s.top_logprobs)
         if self.config.extensions:
             body["include_stop_str_in_output"] = True
             body["return_token_ids"] = True
+            if s.logprobs and s.top_logprobs:
+                body["return_tokens_as_token_ids"] = True  # top_logprobs keyed by id
             if s.top_k > 0:
                 body["top_k"] = s.top_k
             if s.min_p > 0:
@@ -531,13 +533,36 @@ class OpenAIBackend(CodecBackend, Backend):
             if lp is None:
                 raise BackendError("logprobs were requested but the server returned none")
             logprobs = tuple(float(x) if x is not None else 0.0 for x in lp)
+        top: tuple[tuple[tuple[int, float], ...], ...] | None = None
+        if s.logprobs and s.top_logprobs:
+            rows = (choice.get("logprobs") or {}).get("top_logprobs")
+            if rows is None:
+                raise BackendError("top logprobs were requested but the server returned none")
+            top = tuple(self._alternatives(row or {}, s.top_logprobs) for row in rows)
         return Generation(
             token_ids=token_ids,
             text=text,
             finish_reason=reason,
             logprobs=logprobs,
             stop_reason=matched,
+            top_logprobs=top,
         )
+
+    def _alternatives(self, row: dict[str, Any], k: int) -> tuple[tuple[int, float], ...]:
+        """`(id, logprob)` pairs of one position's top logprobs, most likely first. Keys
+        are `token_id:N` where the server returns ids (vLLM's
+        `return_tokens_as_token_ids`); else token texts, mapped to the id they encode to
+        alone (-1 when that is not one token)."""
+        pairs = []
+        for key, lp in row.items():
+            if key.startswith("token_id:"):
+                tid = int(key.removeprefix("token_id:"))
+            else:
+                ids = self._continuation_ids(key)
+                tid = ids[0] if len(ids) == 1 else -1
+            pairs.append((tid, float(lp)))
+        pairs.sort(key=lambda p: -p[1])
+        return tuple(pairs[:k])
 
 
 def _json(resp: httpx.Response) -> dict[str, Any]:

@@ -248,7 +248,7 @@ class VLLMBackend(CodecBackend, Backend):
             max_tokens=max_tokens,
             stop=list(sampling.stop) or None,
             include_stop_str_in_output=True,
-            logprobs=0 if sampling.logprobs else None,
+            logprobs=sampling.top_logprobs if sampling.logprobs else None,
             seed=seed,
             output_kind=RequestOutputKind.FINAL_ONLY,
         )
@@ -330,15 +330,26 @@ class VLLMBackend(CodecBackend, Backend):
                 f"vLLM ended a sequence with finish_reason={completion.finish_reason!r}"
             )
         logprobs: tuple[float, ...] | None = None
+        top: tuple[tuple[tuple[int, float], ...], ...] | None = None
         if sampling.logprobs:
             if completion.logprobs is None:
                 raise BackendError("logprobs were requested but vLLM returned none")
-            steps = zip(token_ids, completion.logprobs, strict=True)
+            steps = list(zip(token_ids, completion.logprobs, strict=True))
             logprobs = tuple(float(step[tok].logprob) for tok, step in steps)
+            if sampling.top_logprobs:
+                top = tuple(_top(step, sampling.top_logprobs) for _, step in steps)
         return Generation(
             token_ids=token_ids,
             text=str(completion.text),
             finish_reason=reason,
             logprobs=logprobs,
             stop_reason=matched,
+            top_logprobs=top,
         )
+
+
+def _top(step: dict[int, Any], k: int) -> tuple[tuple[int, float], ...]:
+    """The `k` most likely `(id, logprob)` of one position (vLLM adds the sampled token
+    to its top-k when it is not among them; its rank then exceeds k)."""
+    ranked = sorted(step.items(), key=lambda item: item[1].rank or k + 1)
+    return tuple((int(t), float(lp.logprob)) for t, lp in ranked if (lp.rank or k + 1) <= k)

@@ -39,6 +39,7 @@ from ttc.types import (
     Sampling,
     ScoreRequest,
     Solution,
+    top_k_entropy,
 )
 
 
@@ -156,6 +157,10 @@ class ProblemContext:
             return []
         if self._wants_logprobs and not sampling.logprobs:
             sampling = sampling.replace(logprobs=True)
+        reward = self._scheduler.reward
+        top = reward.top_logprobs if reward is not None else 0
+        if top > sampling.top_logprobs:  # the reward reads each token's top-k entropy
+            sampling = sampling.replace(logprobs=True, top_logprobs=top)
         base = len(self._prompt_ids)
         prompt_lens = [base + len(b.token_ids) for b in branches]
         sequences = len(branches) * sampling.n
@@ -240,6 +245,7 @@ class ProblemContext:
             step_texts=(*parent.step_texts, g.text),
             cum_logprob=parent.cum_logprob + (sum(g.logprobs) if g.logprobs else 0.0),
             token_logprobs=g.logprobs or (),
+            token_entropies=tuple(top_k_entropy(alt) for alt in g.top_logprobs or ()),
             # the steps before carry their scores (so scoring is incremental); the new
             # step has none, so the child's `score` is None until it is scored
             step_scores=parent.step_scores,
@@ -278,6 +284,9 @@ class ProblemContext:
                 finished=b.finished,
                 step_logprobs=(
                     tuple(n.token_logprobs for n in self.path(b)) if self._wants_logprobs else None
+                ),
+                step_entropies=(
+                    tuple(n.token_entropies for n in self.path(b)) if reward.top_logprobs else None
                 ),
             )
             for b in branches

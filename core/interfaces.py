@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from ttc.budget import Budget, Unit
+    from ttc.scheduler import Scheduler
 
 
 @runtime_checkable
@@ -188,6 +189,13 @@ class RewardModel(abc.ABC):
     needs_logprobs: ClassVar[bool] = False
     """True when scores are read from the policy's token logprobs: generations are then
     requested with `logprobs=True`."""
+    top_logprobs: int = 0
+    """How many top alternatives per generated token the reward reads (their entropies
+    reach it as `ScoreRequest.step_entropies`); generations are then requested with
+    `Sampling.top_logprobs` of at least this."""
+    policy: Scheduler | None = None
+    """The run's path to the policy model, set by the scheduler for rewards that
+    `needs_backend` (e.g. an LLM judge asks the policy through it, on every backend)."""
 
     def __init__(self, config: Any) -> None:
         self.config = config
@@ -214,6 +222,13 @@ class RewardModel(abc.ABC):
     @abc.abstractmethod
     def score_batch(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
         """One result per request, in order."""
+
+    async def ascore_batch(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
+        """What the scheduler awaits: `score_batch` in a worker thread. A reward that
+        asks the policy model (through `self.policy`) overrides this instead."""
+        import asyncio
+
+        return await asyncio.to_thread(self.score_batch, requests)
 
 
 class Strategy(abc.ABC):

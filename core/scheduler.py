@@ -7,13 +7,18 @@ the queue is full or `max_wait_ms` passed since its first request arrived, so wh
 model is busy the next batch fills with the requests of every other problem.
 
 Backends that batch by themselves (`batches_itself`) get each request as it comes.
+
+Reward models get their batches through `RewardModel.ascore_batch` (by default
+`score_batch` in a worker thread). A reward that `needs_backend` is given the scheduler
+as its `policy`: an LLM judge asks the policy model through `Scheduler.generate`, so
+its requests are batched with the strategies' and work on every backend.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -49,7 +54,8 @@ class BatchStats:
 
 
 class BatchQueue(Generic[Req, Res]):
-    """Gathers requests from many coroutines and runs them in batches in a worker thread.
+    """Gathers requests from many coroutines and runs them in batches (`run_batch` is a
+    coroutine function; a model's blocking batch call runs it in a worker thread).
 
     Batches run one at a time (a single model is not shared between threads). When a
     batch fails, its requests are retried one by one so that only the failing request's
@@ -58,7 +64,7 @@ class BatchQueue(Generic[Req, Res]):
 
     def __init__(
         self,
-        run_batch: Callable[[Sequence[Req]], list[Res]],
+        run_batch: Callable[[Sequence[Req]], Awaitable[list[Res]]],
         *,
         max_batch_size: int,
         max_wait_s: float,
@@ -103,7 +109,7 @@ class BatchQueue(Generic[Req, Res]):
     async def _dispatch(self, batch: list[_Pending[Req, Res]]) -> None:
         t0 = time.perf_counter()
         try:
-            results = await asyncio.to_thread(self._run_batch, [p.request for p in batch])
+            results = await self._run_batch([p.request for p in batch])
             if len(results) != len(batch):
                 raise RuntimeError(
                     f"backend returned {len(results)} results for {len(batch)} requests"
@@ -119,6 +125,15 @@ class BatchQueue(Generic[Req, Res]):
         self.stats.sizes.append(len(batch))
         for p, r in zip(batch, results, strict=True):
             _settle(p.future, Batched(r, len(batch), latency))
+
+
+def _in_thread(
+    fn: Callable[[Sequence[Req]], list[Res]],
+) -> Callable[[Sequence[Req]], Awaitable[list[Res]]]:
+    async def run(requests: Sequence[Req]) -> list[Res]:
+        return await asyncio.to_thread(fn, requests)
+
+    return run
 
 
 def _settle(future: asyncio.Future[Any], value: Any) -> None:
@@ -144,13 +159,15 @@ class Scheduler:
         self.backend = backend
         self.reward = reward
         self.generate_queue: BatchQueue[GenerateRequest, GenerateResult] = BatchQueue(
-            backend.generate_batch, max_batch_size=max_batch_size, max_wait_s=max_wait_s
+            _in_thread(backend.generate_batch), max_batch_size=max_batch_size, max_wait_s=max_wait_s
         )
         self.score_queue: BatchQueue[ScoreRequest, ScoreResult] | None = (
-            BatchQueue(reward.score_batch, max_batch_size=max_batch_size, max_wait_s=max_wait_s)
+            BatchQueue(reward.ascore_batch, max_batch_size=max_batch_size, max_wait_s=max_wait_s)
             if reward is not None
             else None
         )
+        if reward is not None and reward.needs_backend:
+            reward.policy = self
         self._inflight = 0
 
     async def generate(

@@ -46,6 +46,9 @@ class Sampling:
     max_tokens: int = 256
     stop: tuple[str, ...] = ()
     logprobs: bool = False
+    top_logprobs: int = 0
+    """With `logprobs`, also the `top_logprobs` most likely tokens of every position
+    (`Generation.top_logprobs`; the model's raw distribution, as `logprobs`)."""
     seed: int | None = None
 
     def replace(self, **changes: Any) -> Sampling:
@@ -87,6 +90,9 @@ class Generation:
     logprobs: tuple[float, ...] | None = None
     stop_reason: str | None = None
     """The stop string that matched, when `finish_reason == "stop"`."""
+    top_logprobs: tuple[tuple[tuple[int, float], ...], ...] | None = None
+    """Per generated token, the `Sampling.top_logprobs` most likely `(token id, logprob)`
+    pairs, most likely first (None unless asked for)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +131,9 @@ class ScoreRequest:
     steps: tuple[str, ...]
     scored_steps: int = 0
     finished: bool = False
+    step_entropies: tuple[tuple[float, ...], ...] | None = None
+    """Per step, each token's entropy (nats) over the top-k alternatives the backend
+    returned, when the reward asked for them (`RewardModel.top_logprobs`)."""
     step_logprobs: tuple[tuple[float, ...], ...] | None = None
     """Token logprobs of each step, when the generations carried them (for rewards that
     read the policy's own confidence)."""
@@ -176,6 +185,9 @@ class Branch:
     step_texts: tuple[str, ...]
     cum_logprob: float = 0.0
     token_logprobs: tuple[float, ...] = ()
+    token_entropies: tuple[float, ...] = ()
+    """Entropy (nats) of each new token's top-k distribution, when generations carried
+    top-k logprobs (see `top_k_entropy`)."""
     step_scores: tuple[float, ...] = ()
     finished: bool = False
     finish_reason: FinishReason | None = None
@@ -271,3 +283,14 @@ class ProblemResult:
     n_leaves: int = 0
     trace: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+
+
+def top_k_entropy(alternatives: tuple[tuple[int, float], ...]) -> float:
+    """Entropy (nats) of one position from its top-k `(token, logprob)` alternatives, the
+    mass outside them counted as one more outcome: exact when the k cover the
+    distribution, otherwise a lower bound of the full entropy."""
+    import math
+
+    probs = [math.exp(lp) for _, lp in alternatives]
+    rest = max(1.0 - sum(probs), 0.0)
+    return -sum(p * math.log(p) for p in (*probs, rest) if p > 0.0)

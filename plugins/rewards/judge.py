@@ -15,26 +15,40 @@ and without a leading space):
   once spent, completed solutions are scored as in `mode=solution`. Unfinished branches
   score 0.5 (no verdict yet).
 
-Probabilities come from the backend's `next_token_logprobs` (the transformers backend has
-it); other backends are asked for one greedy token with logprobs, which gives P(top token)
-only: a top token `Yes` scores p, `No` 1 - p, anything else 0.5.
+The judge reaches the policy model through the run's scheduler (`RewardModel.policy`),
+so it works on every backend and its questions are batched with the strategies' calls.
+Each question is one greedy token with the `top_logprobs` most likely next tokens
+(`Sampling.top_logprobs`); P(Yes) and P(No) are summed over the Yes and No tokens among
+them. When neither appears the question scores 0.5 (no information).
 
-Reward tokens are what the judge computed on the backend: prompt tokens net of its prefix
-cache, plus verification tokens generated.
+Reward tokens are what the judge computed on the policy model: prompt tokens net of its
+prefix cache, plus verification tokens generated; its FLOPs are charged at the policy's
+shape. A score call is authorised against its worst case (every question's prompt
+computed whole, every verification running to `verify_max_tokens`).
 """
 
 from __future__ import annotations
 
 import math
-import threading
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ttc.config import RewardConfig, bounded
+from ttc.errors import BackendError
 from ttc.interfaces import Backend, RewardModel
 from ttc.plugins.rewards.common import ScoreCache, digest, question_of
-from ttc.types import GenerateRequest, Problem, Sampling, ScoreRequest, ScoreResult
+from ttc.types import (
+    GenerateRequest,
+    GenerateResult,
+    Generation,
+    ModelArchitecture,
+    ModelPass,
+    Problem,
+    Sampling,
+    ScoreRequest,
+    ScoreResult,
+)
 
 STEP_PROMPT = (
     "Problem:\n{question}\n\nSolution so far:\n{before}\n\nLatest step:\n{step}\n\n"
@@ -64,6 +78,7 @@ class JudgeConfig(RewardConfig):
     """Generative mode: template with {question} and {solution}."""
     verify_max_tokens: int = bounded(256, ge=1, help="tokens per verification")
     verify_tokens: int = bounded(2048, ge=0, help="verification tokens per problem")
+    top_logprobs: int = bounded(20, ge=1, help="next-token alternatives read per question")
     yes_words: list[str] = field(default_factory=lambda: ["Yes", "yes", "YES"])
     no_words: list[str] = field(default_factory=lambda: ["No", "no", "NO"])
     strip_steps: bool = True
@@ -77,181 +92,249 @@ class Judge(RewardModel):
     def __init__(self, config: JudgeConfig, *, backend: Backend) -> None:
         super().__init__(config)
         self.backend = backend
+        """Renders and encodes the questions; the answers come through `policy`."""
         self.scores = ScoreCache()
         self.verify_spent: dict[str, int] = defaultdict(int)
-        self._candidates: tuple[list[int], list[int]] | None = None
-        self._lock = threading.Lock()
+        self._candidates: tuple[frozenset[int], frozenset[int]] | None = None
+
+    @property
+    def architecture(self) -> ModelArchitecture | None:
+        """The policy's shape: the judge runs on the policy model."""
+        return self.backend.architecture
 
     # -- prompts ----------------------------------------------------------------------
-    def _ids(self, text: str, *, continuation: str = "") -> list[int]:
-        """Token ids of the judge question as a user turn (chat template applied by the
-        backend), followed by `continuation` as the start of the model's answer."""
+    def _question(self, text: str, *, continuation: str = "") -> _Question:
+        """The judge question as a user turn (chat template applied by the backend),
+        followed by `continuation` as the start of the model's answer."""
         rendered = self.backend.render(
             Problem(id="judge", messages=({"role": "user", "content": text},))
         )
-        return list(self.backend.encode(rendered + continuation))
+        full = rendered + continuation
+        return _Question(full, tuple(self.backend.encode(full)))
 
     def _step(self, s: str) -> str:
         return s.strip() if self.config.strip_steps else s
 
-    def candidates(self) -> tuple[list[int], list[int]]:
+    def candidates(self) -> tuple[frozenset[int], frozenset[int]]:
         """Token ids that start a Yes and a No answer."""
         if self._candidates is None:
-            words = (self.config.yes_words, self.config.no_words)
-            sets: list[list[int]] = []
-            for group in words:
+            sets: list[set[int]] = []
+            for group in (self.config.yes_words, self.config.no_words):
                 ids: set[int] = set()
                 for w in group:
                     for spelled in (w, " " + w):
                         enc = self._encode_piece(spelled)
                         if enc:
                             ids.add(enc[0])
-                sets.append(sorted(ids))
+                sets.append(ids)
             yes, no = sets
-            self._candidates = (yes, [i for i in no if i not in yes])
+            self._candidates = (frozenset(yes), frozenset(no - yes))
         return self._candidates
 
     def _encode_piece(self, text: str) -> list[int]:
         tok = getattr(getattr(self.backend, "_loaded", None), "tokenizer", None)
+        if tok is None:
+            tok = getattr(getattr(self.backend, "_codec", None), "tokenizer", None)
         if tok is not None:
             return list(tok(text, add_special_tokens=False)["input_ids"])
         ids = list(self.backend.encode(text))
         bos = list(self.backend.encode(""))
         return ids[len(bos) :] if ids[: len(bos)] == bos else ids
 
-    # -- backend calls ----------------------------------------------------------------
-    def p_yes(self, prompts: list[list[int]]) -> tuple[list[float], list[int]]:
-        """P(Yes) after each prompt, and the tokens the backend computed for each."""
-        if not prompts:
-            return [], []
-        fast = getattr(self.backend, "next_token_logprobs", None)
-        yes, no = self.candidates()
-        if fast is not None:
-            rows = fast(prompts, [*yes, *no])
-            out = []
-            for lps, _ in rows:
-                p_yes = sum(math.exp(v) for v in lps[: len(yes)])
-                p_no = sum(math.exp(v) for v in lps[len(yes) :])
-                out.append(p_yes / (p_yes + p_no) if p_yes + p_no > 0 else 0.5)
-            return out, [u.computed_prompt_tokens for _, u in rows]
-        sampling = Sampling(n=1, temperature=0.0, max_tokens=1, logprobs=True)
-        results = self.backend.generate_batch(_requests(prompts, sampling))
-        out, tokens = [], []
-        for res in results:
-            g = res.generations[0]
-            tokens.append(res.usage.computed_prompt_tokens + len(g.token_ids))
-            p = math.exp(g.logprobs[0]) if g.logprobs else 0.5
-            first = g.token_ids[0] if g.token_ids else -1
-            out.append(p if first in yes else 1.0 - p if first in no else 0.5)
-        return out, tokens
-
-    def verify(self, prompts: list[list[int]]) -> tuple[list[list[int]], list[int]]:
-        """Greedy verifications of each prompt; their token ids and the tokens each cost."""
-        sampling = Sampling(n=1, temperature=0.0, max_tokens=self.config.verify_max_tokens)
-        results = self.backend.generate_batch(_requests(prompts, sampling))
-        out, tokens = [], []
-        for res in results:
-            g = res.generations[0]
-            tokens.append(res.usage.computed_prompt_tokens + len(g.token_ids))
-            out.append(list(g.token_ids))
-        return out, tokens
-
-    # -- scoring ----------------------------------------------------------------------
-    def _get(self, key: str) -> float:
-        value = self.scores.get(key)
-        return 0.5 if value is None else float(value)
-
-    def score_batch(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
-        with self._lock:
-            if self.config.mode == "step":
-                return self._score_steps(requests)
-            return self._score_solutions(requests)
-
-    def _score_steps(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
-        keys: list[list[str]] = []
-        todo: dict[str, list[int]] = {}
-        owner: dict[str, int] = {}
-        for i, r in enumerate(requests):
-            q = question_of(r.problem)
-            steps = [self._step(s) for s in r.steps]
-            row = []
-            for k, step in enumerate(steps):
-                text = self.config.step_prompt.format(
-                    question=q, before="\n".join(steps[:k]) or "(none)", step=step
-                )
-                key = digest(text)
-                row.append(key)
-                if self.scores.get(key) is None and key not in todo:
-                    todo[key] = self._ids(text)
-                    owner[key] = i
-            keys.append(row)
-        tokens = self._fill(todo, owner)
-        return [
-            ScoreResult(step_scores=tuple(self._get(k) for k in row), tokens=tokens[i])
-            for i, row in enumerate(keys)
-        ]
-
-    def _fill(self, todo: dict[str, list[int]], owner: dict[str, int]) -> dict[int, int]:
-        """Score every pending prompt; tokens charged to the request that asked first."""
-        tokens: dict[int, int] = defaultdict(int)
-        if not todo:
-            return tokens
-        items = list(todo.items())
-        values, spent = self.p_yes([ids for _, ids in items])
-        for (key, _), v, n in zip(items, values, spent, strict=True):
-            self.scores.put(key, v)
-            tokens[owner[key]] += n
-        return tokens
-
-    def _score_solutions(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
+    # -- planning (what a call must ask) ----------------------------------------------
+    def _plan(self, requests: Sequence[ScoreRequest]) -> _Plan:
+        """Which questions a call must ask the policy (read-only: the worst case and the
+        call itself plan alike)."""
+        plan = _Plan()
+        if self.config.mode == "step":
+            for i, r in enumerate(requests):
+                q = question_of(r.problem)
+                steps = [self._step(s) for s in r.steps]
+                row = []
+                for k, step in enumerate(steps):
+                    text = self.config.step_prompt.format(
+                        question=q, before="\n".join(steps[:k]) or "(none)", step=step
+                    )
+                    key = digest(text)
+                    row.append(key)
+                    if self.scores.get(key) is None and key not in plan.ask:
+                        plan.ask[key] = (i, self._question(text))
+                plan.keys.append(row)
+            return plan
         generative = self.config.mode == "generative"
-        prefix_keys: list[list[str]] = []
-        todo: dict[str, list[int]] = {}
-        owner: dict[str, int] = {}
-        verify: dict[str, tuple[int, str]] = {}
-        tokens: dict[int, int] = defaultdict(int)
+        reserved: dict[str, int] = defaultdict(int)
         for i, r in enumerate(requests):
             q = question_of(r.problem)
             steps = [self._step(s) for s in r.steps]
             tag = "verify" if generative and r.finished else "judge"
             row = [digest(tag, q, "\n".join(steps[: k + 1])) for k in range(len(steps))]
-            prefix_keys.append(row)
-            if not row or self.scores.get(row[-1]) is not None or row[-1] in todo:
+            plan.keys.append(row)
+            if not row or self.scores.get(row[-1]) is not None:
+                continue
+            key = row[-1]
+            if key in plan.ask or key in plan.verify or key in plan.fixed:
                 continue
             solution = "\n".join(steps)
             if generative and not r.finished:
-                self.scores.put(row[-1], 0.5)
+                plan.fixed[key] = 0.5
                 continue
-            left = self.config.verify_tokens - self.verify_spent[r.problem.id]
+            pid = r.problem.id
+            left = self.config.verify_tokens - self.verify_spent[pid] - reserved[pid]
             if generative and left >= self.config.verify_max_tokens:
+                reserved[pid] += self.config.verify_max_tokens
                 text = self.config.verify_prompt.format(question=q, solution=solution)
-                verify[row[-1]] = (i, text)
-                self.verify_spent[r.problem.id] += self.config.verify_max_tokens  # reserve
+                plan.verify[key] = (i, self._question(text))
             else:
                 text = self.config.solution_prompt.format(question=q, solution=solution)
-                todo[row[-1]] = self._ids(text)
-                owner[row[-1]] = i
-        if verify:
-            prompts = [self._ids(text) for _, text in verify.values()]
-            written, spent = self.verify(prompts)
-            for (key, (i, _)), p, w, n in zip(verify.items(), prompts, written, spent, strict=True):
-                # the reservation becomes what the verification really generated
-                self.verify_spent[requests[i].problem.id] += len(w) - self.config.verify_max_tokens
-                todo[key] = [*p, *w, *self._encode_piece("\nVerdict:")]
-                owner[key] = i
-                tokens[i] += n
-        for i, n in self._fill(todo, owner).items():
-            tokens[i] += n
+                plan.ask[key] = (i, self._question(text))
+        return plan
+
+    def worst_case(self, requests: Sequence[ScoreRequest]) -> list[ModelPass]:
+        """Every question's prompt computed whole; every verification written to
+        `verify_max_tokens`, then its verdict question read whole."""
+        plan = self._plan(requests)
+        verdict = len(self._encode_piece(VERDICT))
+        passes = [ModelPass(prompt=len(q.ids)) for _, q in plan.ask.values()]
+        for _, q in plan.verify.values():
+            written = self.config.verify_max_tokens
+            passes.append(ModelPass(prompt=len(q.ids), decode=written))
+            passes.append(ModelPass(prompt=len(q.ids) + written + verdict))
+        return passes
+
+    # -- scoring ----------------------------------------------------------------------
+    def score_batch(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
+        raise NotImplementedError(
+            "the judge asks the policy model through the scheduler: await ascore_batch"
+        )
+
+    async def _ask(
+        self, questions: Sequence[_Question], sampling: Sampling
+    ) -> list[GenerateResult]:
+        if self.policy is None:
+            raise BackendError(
+                "the judge has no path to the policy model",
+                hint="build the Scheduler with the judge as its reward model",
+            )
+        requests = [GenerateRequest(q.text, q.ids, sampling) for q in questions]
+        outcomes = await self.policy.generate(requests)
+        results = []
+        for out in outcomes:
+            if isinstance(out, BaseException):
+                raise BackendError(f"the judge's question failed: {type(out).__name__}: {out}")
+            results.append(out.result)
+        return results
+
+    async def ascore_batch(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
+        import asyncio
+
+        # rendering and tokenising may block (a server's /tokenize): off the event loop
+        plan = await asyncio.to_thread(self._plan, requests)
+        passes: dict[int, list[ModelPass]] = defaultdict(list)
+        for key, value in plan.fixed.items():
+            self.scores.put(key, value)
+        if plan.verify:
+            await self._verify(requests, plan, passes)
+        if plan.ask:
+            yes, no = self.candidates()
+            sampling = Sampling(
+                n=1,
+                temperature=0.0,
+                max_tokens=1,
+                logprobs=True,
+                top_logprobs=self.config.top_logprobs,
+            )
+            items = list(plan.ask.items())
+            results = await self._ask([q for _, (_, q) in items], sampling)
+            for (key, (owner, _)), res in zip(items, results, strict=True):
+                self.scores.put(key, p_yes(res.generations[0], yes, no))
+                passes[owner].append(_pass(res))
         out = []
-        for i, row in enumerate(prefix_keys):
+        for i, row in enumerate(plan.keys):
+            mine = tuple(passes.get(i, ()))
+            tokens = sum(p.tokens for p in mine)
             if not row:
-                out.append(ScoreResult(step_scores=()))
+                out.append(ScoreResult(step_scores=(), tokens=tokens, passes=mine))
                 continue
-            last = self._get(row[-1])
-            earlier = tuple(last if (v := self.scores.get(k)) is None else v for k in row[:-1])
-            out.append(ScoreResult(step_scores=(*earlier, last), tokens=tokens[i]))
+            if self.config.mode == "step":
+                scores = tuple(self._get(k) for k in row)
+            else:
+                last = self._get(row[-1])
+                earlier = tuple(last if (v := self.scores.get(k)) is None else v for k in row[:-1])
+                scores = (*earlier, last)
+            out.append(ScoreResult(step_scores=scores, tokens=tokens, passes=mine))
         return out
 
+    async def _verify(
+        self,
+        requests: Sequence[ScoreRequest],
+        plan: _Plan,
+        passes: dict[int, list[ModelPass]],
+    ) -> None:
+        """Write the verifications; their verdict questions join `plan.ask`."""
+        cfg = self.config
+        items = list(plan.verify.items())
+        for _, (owner, _) in items:
+            self.verify_spent[requests[owner].problem.id] += cfg.verify_max_tokens  # reserve
+        sampling = Sampling(n=1, temperature=0.0, max_tokens=cfg.verify_max_tokens)
+        results = await self._ask([q for _, (_, q) in items], sampling)
+        verdict = self._encode_piece(VERDICT)
+        for (key, (owner, q)), res in zip(items, results, strict=True):
+            g = res.generations[0]
+            # the reservation becomes what the verification really generated
+            self.verify_spent[requests[owner].problem.id] += (
+                len(g.token_ids) - cfg.verify_max_tokens
+            )
+            passes[owner].append(_pass(res))
+            plan.ask[key] = (
+                owner,
+                _Question(q.text + g.text + VERDICT, (*q.ids, *g.token_ids, *verdict)),
+            )
 
-def _requests(prompts: list[list[int]], sampling: Sampling) -> list[GenerateRequest]:
-    return [GenerateRequest("", tuple(p), sampling) for p in prompts]
+    def _get(self, key: str) -> float:
+        value = self.scores.get(key)
+        return 0.5 if value is None else float(value)
+
+
+VERDICT = "\nVerdict:"
+"""What follows a written verification before the judge reads P(Yes)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Question:
+    text: str
+    ids: tuple[int, ...]
+
+
+@dataclass
+class _Plan:
+    keys: list[list[str]] = field(default_factory=list)
+    """Per request, the score key of each step."""
+    ask: dict[str, tuple[int, _Question]] = field(default_factory=dict)
+    """Key -> (the request it is charged to, the question): P(Yes) to read."""
+    verify: dict[str, tuple[int, _Question]] = field(default_factory=dict)
+    """Key -> (request, verification prompt): to write first (generative mode)."""
+    fixed: dict[str, float] = field(default_factory=dict)
+    """Keys scored without asking (an unfinished branch in generative mode)."""
+
+
+def p_yes(g: Generation, yes: frozenset[int], no: frozenset[int]) -> float:
+    """P(Yes) / (P(Yes) + P(No)) over the top next-token alternatives of a one-token
+    generation (0.5 when neither is among them). Without alternatives, the sampled
+    token's probability stands in for its side."""
+    if g.top_logprobs:
+        alternatives = dict(g.top_logprobs[0])
+        p_y = sum(math.exp(lp) for t, lp in alternatives.items() if t in yes)
+        p_n = sum(math.exp(lp) for t, lp in alternatives.items() if t in no)
+        return p_y / (p_y + p_n) if p_y + p_n > 0 else 0.5
+    if not g.token_ids or not g.logprobs:
+        return 0.5
+    p, first = math.exp(g.logprobs[0]), g.token_ids[0]
+    return p if first in yes else 1.0 - p if first in no else 0.5
+
+
+def _pass(res: GenerateResult) -> ModelPass:
+    u = res.usage
+    written = sum(len(g.token_ids) for g in res.generations)
+    # a one-token answer is read off the prompt's last logits: nothing decoded
+    decode = written if written > 1 else 0
+    return ModelPass(prompt=u.prompt_tokens, cached=u.cached_prompt_tokens, decode=decode)

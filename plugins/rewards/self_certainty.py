@@ -3,11 +3,12 @@
 Generations are requested with logprobs; a step's score comes from its tokens' logprobs:
 
 - `mode=mean` (default): the geometric-mean token probability, `exp(mean logprob)`.
-- `mode=entropy`: `exp(-H)` with `H` the step's mean token entropy (nats). Where the
-  request carries no full distributions (`step_entropies`; the built-in backends return
-  only the sampled token's logprob), `H` is estimated by `-mean(logprob)` of the sampled
-  tokens, an unbiased estimate of the entropy of the sampling distribution at
-  temperature 1 (DeepConf's "token entropy" under sampling).
+- `mode=entropy`: `exp(-H)` with `H` the step's mean token entropy (nats), each token's
+  entropy computed from the `top_logprobs` most likely tokens the backend returned at
+  its position (`ScoreRequest.step_entropies`; the mass outside them counts as one more
+  outcome, so `H` is exact when they cover the distribution and a lower bound
+  otherwise). Generations are then requested with that many top logprobs. A step without
+  entropies scores 0.5, like one without logprobs.
 - `mode=window`: the lowest mean logprob over a sliding window of `window` tokens
   (DeepConf's lowest group confidence), `exp` of it: one low-confidence stretch pulls the
   whole step down. A step shorter than the window uses its mean.
@@ -37,6 +38,7 @@ class SelfCertaintyConfig(RewardConfig):
         help="mean logprob, mean entropy, or lowest sliding-window confidence",
     )
     window: int = bounded(16, ge=1, help="tokens per window (mode=window)")
+    top_logprobs: int = bounded(20, ge=1, help="alternatives per token (mode=entropy)")
 
 
 def lowest_window_mean(logprobs: Sequence[float], window: int) -> float:
@@ -59,19 +61,23 @@ def step_confidence(
     entropies: Sequence[float] | None = None,
 ) -> float:
     """One step's confidence in [0, 1] (0.5 when there is nothing to read)."""
-    if mode == "entropy" and entropies:
-        return math.exp(-sum(entropies) / len(entropies))
+    if mode == "entropy":
+        return math.exp(-sum(entropies) / len(entropies)) if entropies else 0.5
     if not logprobs:
         return 0.5
     if mode == "window":
         return math.exp(lowest_window_mean(logprobs, window))
-    # mean, and entropy estimated from the sampled tokens: exp(-(-mean logprob))
     return math.exp(sum(logprobs) / len(logprobs))
 
 
 class SelfCertainty(RewardModel):
     name = "self_certainty"
     needs_logprobs = True
+    config: SelfCertaintyConfig
+
+    def __init__(self, config: SelfCertaintyConfig) -> None:
+        super().__init__(config)
+        self.top_logprobs = config.top_logprobs if config.mode == "entropy" else 0
 
     def worst_case(self, requests: Sequence[ScoreRequest]) -> list[ModelPass]:
         return []  # runs no model
@@ -80,7 +86,7 @@ class SelfCertainty(RewardModel):
         out = []
         for r in requests:
             steps = r.step_logprobs or tuple(() for _ in r.steps)
-            entropies = getattr(r, "step_entropies", None) or tuple(None for _ in steps)
+            entropies: Sequence[Sequence[float] | None] = r.step_entropies or [None] * len(steps)
             scores = tuple(
                 step_confidence(lp, mode=self.config.mode, window=self.config.window, entropies=h)
                 for lp, h in zip(steps, entropies, strict=False)

@@ -517,3 +517,63 @@ def test_config_composes_and_checks_ranges() -> None:
         compose(["backend=hf", "backend.max_batch_sequences=0"])
     with pytest.raises(ConfigError, match="dtype"):
         compose(["backend=hf", "backend.dtype=int8"])
+
+
+def test_top_logprobs_are_the_models_k_most_likely_tokens(backend: HFBackend) -> None:
+    model = backend._require().model
+    ids = _ids(backend, PROMPTS[0])
+    (result,) = backend.generate_batch(
+        [_req(ids, temperature=1.0, seed=3, logprobs=True, top_logprobs=5, n=2, max_tokens=6)]
+    )
+    for gen in result.generations:
+        assert gen.top_logprobs is not None and len(gen.top_logprobs) == len(gen.token_ids)
+        full = torch.tensor([[*ids, *gen.token_ids]])
+        lsm = torch.log_softmax(model(full).logits[0, len(ids) - 1 : -1].float(), -1)
+        values, top_ids = lsm.topk(5, dim=-1)
+        for k, alternatives in enumerate(gen.top_logprobs):
+            assert [t for t, _ in alternatives] == top_ids[k].tolist()
+            assert [lp for _, lp in alternatives] == pytest.approx(values[k].tolist(), abs=1e-4)
+            assert alternatives[0][1] >= alternatives[-1][1]
+
+
+def test_self_certainty_entropy_mode_reads_the_top_k_entropies(backend: HFBackend) -> None:
+    """mode=entropy scores exp(-mean token entropy) over the backend's top-k, which is
+    not what mode=mean (the sampled tokens' mean logprob) gives."""
+    import math
+
+    from ttc.budget import Budget, Ledger
+    from ttc.context import SolveContext
+    from ttc.plugins.rewards.self_certainty import SelfCertainty, SelfCertaintyConfig
+    from ttc.plugins.tasks.arith import ArithTask, ArithTaskConfig
+    from ttc.scheduler import Scheduler
+
+    model = backend._require().model
+    problem = Problem(id="p", prompt=PROMPTS[1])
+    scores: dict[str, float] = {}
+    for mode in ("entropy", "mean"):
+        reward = SelfCertainty(SelfCertaintyConfig(mode=mode, top_logprobs=8))
+
+        async def go(reward: SelfCertainty = reward) -> tuple[float, Any]:
+            prompt = backend.render(problem)
+            ctx = SolveContext(
+                problem=problem,
+                prompt=prompt,
+                prompt_ids=backend.encode(prompt),
+                scheduler=Scheduler(backend, reward, max_wait_s=0.0),
+                ledger=Ledger(Budget()),
+                task=ArithTask(ArithTaskConfig()),
+            )
+            (child,) = await ctx.generate([ctx.root], Sampling(max_tokens=8, seed=11))
+            (score,) = await ctx.score([child])
+            return score, child
+
+        scores[mode], child = asyncio.run(go())
+        if mode == "entropy":
+            ids = list(backend.encode(backend.render(problem)))
+            full = torch.tensor([[*ids, *child.token_ids]])
+            lsm = torch.log_softmax(model(full).logits[0, len(ids) - 1 : -1].float(), -1)
+            probs = lsm.exp().topk(8, dim=-1).values
+            rest = (1 - probs.sum(-1)).clamp(min=0)
+            ent = -(probs * probs.log()).sum(-1) - torch.where(rest > 0, rest * rest.log(), 0)
+            assert scores[mode] == pytest.approx(math.exp(-float(ent.mean())), abs=1e-4)
+    assert scores["entropy"] != pytest.approx(scores["mean"], abs=1e-3)

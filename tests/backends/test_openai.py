@@ -15,6 +15,8 @@ import asyncio
 import hashlib
 import json
 import logging
+import math
+import re
 import threading
 import time
 from collections import Counter
@@ -59,6 +61,7 @@ class FakeServer:
         self.inflight = 0
         self.max_inflight = 0
         self.seen_prompts: list[str] = []
+        self.judged = 0
         self.plan = self.default_plan
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.httpd.daemon_threads = True
@@ -84,9 +87,51 @@ class FakeServer:
         self.httpd.server_close()
 
     # -- the API --------------------------------------------------------------------------
+    def judge(self, text: str, body: dict[str, Any]) -> dict[str, Any]:
+        """A yes/no question from the judge reward: P(Yes) is high when the solution's
+        boxed answer is the problem's (`answer=` in the question), low otherwise, with a
+        little deterministic noise; the top-k alternatives carry both and a third token."""
+        wanted = re.search(r"answer=(-?\d+)", text)
+        stated = re.findall(r"\\boxed\{([^}]*)\}", text)
+        right = bool(wanted and stated and stated[-1] == wanted.group(1))
+        noise = hashlib.sha256(text.encode()).digest()[0] / 255 * 0.1
+        p_yes = (0.75 if right else 0.2) + noise
+        alternatives = {"Yes": p_yes, "No": (1 - p_yes) * 0.8, "The": (1 - p_yes) * 0.2}
+        as_ids = bool(body.get("return_tokens_as_token_ids"))
+        top = {
+            (f"token_id:{ord(word[0])}" if as_ids else word[0]): math.log(p)
+            for word, p in alternatives.items()
+        }
+        word = "Y" if p_yes > 0.5 else "N"
+        with self.lock:
+            cached = max((_common(text, p) for p in self.seen_prompts), default=0)
+            self.seen_prompts.append(text)
+        choice = {
+            "index": 0,
+            "text": word,
+            "finish_reason": "length",
+            "token_ids": [ord(word)],
+            "logprobs": {
+                "token_logprobs": [math.log(max(p_yes, 1 - p_yes))],
+                "top_logprobs": [top] if int(body.get("logprobs") or 0) > 1 else None,
+            },
+        }
+        self.judged += 1
+        return {
+            "id": "cmpl-judge",
+            "choices": [choice],
+            "usage": {
+                "prompt_tokens": len(text),
+                "completion_tokens": 1,
+                "prompt_tokens_details": {"cached_tokens": cached},
+            },
+        }
+
     def completions(self, body: dict[str, Any]) -> dict[str, Any]:
         prompt = body["prompt"]
         text = prompt if isinstance(prompt, str) else "".join(chr(t) for t in prompt)
+        if "Answer Yes or No." in text:
+            return self.judge(text, body)
         stop = tuple(body.get("stop") or ())
         req = GenerateRequest(
             prompt=text,
@@ -462,3 +507,38 @@ def test_a_flops_limit_without_the_models_shape_fails_at_start_naming_the_fix(
         Runner(cfg).run()
     assert "\n" not in str(info.value) and f"budget.{unit}" in str(info.value)
     assert server.served == 0  # refused before any problem was solved
+
+
+def test_judge_on_the_openai_backend_ranks_the_right_sample_first(
+    server: FakeServer, store_url: str
+) -> None:
+    """best-of-4 ranked by the judge, the judge's questions answered by the server: the
+    chosen answer is right wherever some sample is, and the scores are the server's."""
+    cfg = compose(
+        _overrides(
+            server,
+            store_url,
+            "strategy=best_of_n",
+            "strategy.n=4",
+            "reward=judge",
+            "reward.mode=solution",
+            "task.n_problems=8",
+        )
+    )
+    outcome = Runner(cfg).run()
+    assert outcome.status == "finished"
+    store = Store(store_url)
+    results = store.results(outcome.run_id)
+    assert len(results) == 8 and all(r["status"] == "ok" for r in results)
+    assert server.judged > 0
+    for r in results:
+        assert r["correct"] == r["oracle_correct"], r["problem_id"]
+        leaves = [n for n in store.nodes(outcome.run_id, r["problem_id"]) if n["node_id"]]
+        values = [n["score"] for n in leaves]
+        assert all(v is not None for v in values)
+        # P(Yes) / (P(Yes) + P(No)) as the server gave it: ~0.8+ right, ~0.25 wrong
+        assert all(v > 0.78 or v < 0.36 for v in values)
+    # the judge beat picking a sample at random (what scores of 0 would leave)
+    assert sum(bool(r["correct"]) for r in results) > sum(r["pass_at_1"] for r in results)
+    scores = [c for c in store.calls(outcome.run_id) if c["kind"] == "score"]
+    assert scores and all(c["status"] == "ok" and c["reward_tokens"] > 0 for c in scores)

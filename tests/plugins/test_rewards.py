@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from ttc.interfaces import Backend
 from ttc.plugins.rewards.judge import Judge, JudgeConfig
 from ttc.plugins.rewards.oracle import OracleReward, OracleRewardConfig
 from ttc.plugins.rewards.prm import PRMConfig, ProcessRewardModel
@@ -20,7 +21,7 @@ from ttc.plugins.rewards.self_certainty import (
     step_confidence,
 )
 from ttc.plugins.tasks.arith import ArithTask, ArithTaskConfig
-from ttc.types import Problem, ScoreRequest
+from ttc.types import GenerateResult, Generation, Problem, ScoreRequest, Usage
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -241,11 +242,19 @@ def test_orm_scores_the_whole_solution_once(tmp_path: Path) -> None:
     assert again.tokens == 0 and again.step_scores[-1] == a.step_scores[-1]
 
 
-class _YesNoBackend:
-    """A judge's backend double: P(Yes) = 0.8 unless the prompt mentions 'wrong'."""
+class YesNoBackendDouble(Backend):
+    """A judge's policy double (one token per character, batched by the scheduler): a
+    one-token question answers Yes with P = 0.8 unless the question mentions 'wrong'
+    (then 0.1), as top-k alternatives with a third, unrelated token; a longer request
+    writes a verification. Prompts it has seen are prefix-cached, so a question sharing
+    its start with an earlier one computes only the rest."""
+
+    name = "yes_no_double"
 
     def __init__(self) -> None:
-        self.calls: list[int] = []
+        super().__init__(None)
+        self.batches: list[int] = []
+        self.seen: list[tuple[int, ...]] = []
 
     def render(self, problem: Problem) -> str:
         return "U: " + problem.messages[-1]["content"] + "\nA:"
@@ -253,53 +262,113 @@ class _YesNoBackend:
     def encode(self, text: str) -> list[int]:
         return [ord(c) % 250 for c in text]
 
-    def next_token_logprobs(self, prompts: Any, candidates: Any) -> list[Any]:
+    def decode(self, token_ids: Any) -> str:
+        return "".join(chr(t) for t in token_ids)
+
+    def generate_batch(self, requests: Any) -> list[GenerateResult]:
         import math
 
-        from ttc.types import Usage
+        self.batches.append(len(requests))
+        out = []
+        for r in requests:
+            ids = tuple(r.prompt_token_ids)
+            hit = max((_common(ids, d) for d in self.seen), default=0)
+            self.seen.append(ids)
+            s = r.sampling
+            if s.max_tokens == 1:
+                p = 0.1 if "wrong" in r.prompt else 0.8
+                top = ((ord("Y"), math.log(p * 0.9)), (ord("N"), math.log((1 - p) * 0.9)))
+                top = tuple(sorted((*top, (ord("T"), math.log(0.1))), key=lambda t: -t[1]))
+                tok = top[0][0]
+                g = Generation(
+                    token_ids=(tok,),
+                    text=chr(tok),
+                    finish_reason="length",
+                    logprobs=(top[0][1],),
+                    top_logprobs=(top[: s.top_logprobs],),
+                )
+            else:
+                g = Generation(token_ids=(111, 107, 46), text="ok.", finish_reason="eos")
+            usage = Usage(prompt_tokens=len(ids), cached_prompt_tokens=min(hit, len(ids) - 1))
+            out.append(GenerateResult(generations=(g,), usage=usage))
+        return out
 
-        self.calls.append(len(prompts))
-        rows = []
-        for p in prompts:
-            text = "".join(chr(t) for t in p)
-            yes = 0.1 if "wrong" in text else 0.8
-            lps = [math.log(yes)] + [-50.0] * (len(candidates) - 2) + [math.log(1 - yes)]
-            rows.append((lps, Usage(prompt_tokens=len(p))))
-        return rows
+
+def _common(a: Any, b: Any) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def judge_scores(judge: Judge, requests: list[ScoreRequest]) -> list[Any]:
+    """Score through a scheduler, as a run does (the judge asks the policy through it)."""
+    import asyncio
+
+    from ttc.scheduler import Scheduler
+
+    async def go() -> list[Any]:
+        scheduler = Scheduler(judge.backend, judge, max_wait_s=0.0)
+        outcomes = await scheduler.score(requests)
+        return [o.result for o in outcomes]  # type: ignore[union-attr]
+
+    return asyncio.run(go())
 
 
 def test_judge_step_mode_reads_p_yes_and_scores_only_new_steps() -> None:
-    backend = _YesNoBackend()
-    judge = Judge(JudgeConfig(yes_words=["Y"], no_words=["N"]), backend=backend)  # type: ignore[arg-type]
+    backend = YesNoBackendDouble()
+    judge = Judge(JudgeConfig(yes_words=["Y"], no_words=["N"], top_logprobs=3), backend=backend)
     steps = ("Step 1: right.", "Step 2: wrong.")
-    (first,) = judge.score_batch([request(steps[:1])])
+    (first,) = judge_scores(judge, [request(steps[:1])])
     assert first.step_scores == pytest.approx([0.8]) and first.tokens > 0
-    (second,) = judge.score_batch([request(steps, scored=1)])
+    (second,) = judge_scores(judge, [request(steps, scored=1)])
     assert second.step_scores == pytest.approx([0.8, 0.1])
-    assert backend.calls == [1, 1]  # the first step was not asked again
+    assert backend.batches == [1, 1]  # the first step was not asked again
+    # the second question shares its start with the first: only the rest is computed
+    (p,) = second.passes
+    assert p.cached > 0 and second.tokens == p.prompt - p.cached < p.prompt
+
+
+def test_judge_without_yes_or_no_among_the_alternatives_scores_one_half() -> None:
+    backend = YesNoBackendDouble()
+    judge = Judge(JudgeConfig(yes_words=["Y"], no_words=["N"], top_logprobs=1), backend=backend)
+    # only the top token comes back: 'Y' (0.72) for a right step, 'N' (0.81) for a wrong one
+    right, wrong = judge_scores(judge, [request(("Step 1: right.",)), request(("wrong",))])
+    assert right.step_scores == (1.0,) and wrong.step_scores == (0.0,)
+    judge = Judge(JudgeConfig(yes_words=["Q"], no_words=["Z"], top_logprobs=3), backend=backend)
+    (res,) = judge_scores(judge, [request(("Step 1: right.",))])
+    assert res.step_scores == (0.5,)
+
+
+def test_judge_worst_case_bounds_what_a_call_computes() -> None:
+    backend = YesNoBackendDouble()
+    judge = Judge(JudgeConfig(yes_words=["Y"], no_words=["N"], mode="generative"), backend=backend)
+    finished = ScoreRequest(
+        problem=Problem(id="p", prompt=QUESTION), prompt="", steps=STEPS, finished=True
+    )
+    requests = [request(STEPS[:1]), request(STEPS[:2], scored=1), finished]
+    worst = judge.worst_case(requests)
+    results = judge_scores(judge, requests)
+    assert 0 < sum(r.tokens for r in results) <= sum(p.tokens for p in worst)
+    assert all(p.cached == 0 for p in worst)
+    assert judge.worst_case(requests) == []  # everything is scored now: nothing to ask
 
 
 def test_judge_generative_mode_verifies_only_finished_solutions() -> None:
-    backend = _YesNoBackend()
-    judge = Judge(JudgeConfig(mode="generative"), backend=backend)  # type: ignore[arg-type]
-
-    from ttc.types import GenerateResult, Generation, Usage
-
-    written: list[int] = []
-
-    def generate_batch(reqs: Any) -> list[Any]:
-        written.append(len(reqs))
-        g = Generation(token_ids=(1, 2, 3), text="ok", finish_reason="length")
-        return [GenerateResult(generations=(g,), usage=Usage(prompt_tokens=5)) for _ in reqs]
-
-    backend.generate_batch = generate_batch  # type: ignore[attr-defined]
+    backend = YesNoBackendDouble()
+    judge = Judge(JudgeConfig(mode="generative", yes_words=["Y"], no_words=["N"]), backend=backend)
     unfinished = request(STEPS[:1])
     finished = ScoreRequest(problem=unfinished.problem, prompt="", steps=STEPS, finished=True)
-    a, b = judge.score_batch([unfinished, finished])
+    a, b = judge_scores(judge, [unfinished, finished])
     assert a.step_scores == (0.5,) and a.tokens == 0
-    assert written == [1]
-    # the verification (5 prompt + 3 written tokens) and the verdict prompt after it
-    assert b.tokens > 5 + 3 and b.step_scores[-1] == pytest.approx(0.8)
+    assert backend.batches == [1, 1]  # one verification, then its verdict question
+    # the verification (its prompt + 3 written tokens) and the verdict question after it
+    verify, verdict = b.passes
+    assert verify.decode == 3 and verdict.prompt > verify.prompt + 3
+    assert b.tokens == verify.tokens + verdict.tokens
+    assert b.step_scores[-1] == pytest.approx(0.8)
     assert judge.verify_spent["p"] == 3
 
 
