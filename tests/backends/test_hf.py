@@ -541,11 +541,10 @@ def test_self_certainty_entropy_mode_reads_the_top_k_entropies(backend: HFBacken
     not what mode=mean (the sampled tokens' mean logprob) gives."""
     import math
 
-    from ttc.budget import Budget, Ledger
-    from ttc.context import SolveContext
     from ttc.plugins.rewards.self_certainty import SelfCertainty, SelfCertaintyConfig
     from ttc.plugins.tasks.arith import ArithTask, ArithTaskConfig
     from ttc.scheduler import Scheduler
+    from ttc.testing import wire
 
     model = backend._require().model
     problem = Problem(id="p", prompt=PROMPTS[1])
@@ -554,15 +553,8 @@ def test_self_certainty_entropy_mode_reads_the_top_k_entropies(backend: HFBacken
         reward = SelfCertainty(SelfCertaintyConfig(mode=mode, top_logprobs=8))
 
         async def go(reward: SelfCertainty = reward) -> tuple[float, Any]:
-            prompt = backend.render(problem)
-            ctx = SolveContext(
-                problem=problem,
-                prompt=prompt,
-                prompt_ids=backend.encode(prompt),
-                scheduler=Scheduler(backend, reward, max_wait_s=0.0),
-                ledger=Ledger(Budget()),
-                task=ArithTask(ArithTaskConfig()),
-            )
+            scheduler = Scheduler(backend, reward, max_wait_s=0.0)
+            ctx, _ = wire(problem, scheduler=scheduler, task=ArithTask(ArithTaskConfig()))
             (child,) = await ctx.generate([ctx.root], Sampling(max_tokens=8, seed=11))
             (score,) = await ctx.score([child])
             return score, child

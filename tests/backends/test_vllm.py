@@ -254,3 +254,49 @@ def test_a_run_through_the_openai_backend(server: VLLMServer, store_url: str) ->
     results = Store(store_url).results(outcome.run_id)
     assert len(results) == 4 and all(r["status"] == "ok" for r in results)
     assert all(r["flops"] > 0 for r in results)  # the local tokenizer's model gives FLOPs
+
+
+def test_best_of_n_ranked_by_the_judge_through_the_openai_backend(
+    server: VLLMServer, store_url: str
+) -> None:
+    """`ttc run strategy=best_of_n reward=judge backend=openai` against a real vLLM
+    server: the judge's questions go to the server and come back as real P(Yes) scores
+    (from its top-k next-token logprobs), and best-of-N picks the highest-scored sample."""
+    from ttc.launch import compose
+    from ttc.runner import Runner
+    from ttc.store import Store
+
+    cfg = compose(
+        [
+            "backend=openai",
+            f"backend.base_url={server.base_url}",
+            f"backend.tokenizer={MODEL}",
+            "backend.prompt_token_ids=true",
+            "strategy=best_of_n",
+            "strategy.n=3",
+            "strategy.max_tokens=48",
+            "reward=judge",
+            "reward.mode=solution",
+            "task=arith",
+            "task.limit=3",
+            "run.progress=false",
+            f"store.url={store_url}",
+        ]
+    )
+    outcome = Runner(cfg).run()
+    assert outcome.status == "finished"
+    store = Store(store_url)
+    results = store.results(outcome.run_id)
+    assert len(results) == 3 and all(r["status"] == "ok" for r in results)
+    scores = [c for c in store.calls(outcome.run_id) if c["kind"] == "score"]
+    assert scores and all(c["status"] == "ok" and c["reward_tokens"] > 0 for c in scores)
+    values = []
+    for r in results:
+        nodes = [n for n in store.nodes(outcome.run_id, r["problem_id"]) if n["node_id"]]
+        leaf_scores = [n["score"] for n in nodes]
+        assert all(v is not None and 0.0 <= v <= 1.0 for v in leaf_scores)
+        chosen = [n for n in nodes if n["selected"]]
+        assert chosen and chosen[0]["score"] == max(leaf_scores)
+        values += leaf_scores
+    # real judge scores: not the 0.5 of an unanswered question, and not all alike
+    assert any(v != 0.5 for v in values) and len({round(v, 6) for v in values}) > 1
