@@ -10,6 +10,7 @@ is refused, the answer falls back to a majority vote over the samples.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -74,20 +75,23 @@ async def stepwise(
         active = [b for b in heads if not b.finished and len(b.token_ids) < sampling.max_tokens]
         if not active:
             break
-        # Chains with the same room left share one call.
+        # Chains with the same room left share one call; the calls run together (each is
+        # reserved at authorisation, so together they cannot overspend).
         groups: dict[int, list[Branch]] = {}
         for b in active:
             groups.setdefault(sampling.max_tokens - len(b.token_ids), []).append(b)
+        calls = [ctx.generate(ch, step.replace(n=1, max_tokens=k)) for k, ch in groups.items()]
         children: list[Branch] = []
         stopped = False
-        for left, chains in groups.items():
-            try:
-                children += await ctx.generate(chains, step.replace(n=1, max_tokens=left))
-            except BackendError:
-                continue  # these chains stay where they are (the failure is recorded)
-            except BudgetExceeded:
+        for got in await asyncio.gather(*calls, return_exceptions=True):
+            if isinstance(got, BudgetExceeded):
                 stopped = True
-                break
+            elif isinstance(got, BackendError):
+                continue  # these chains stay where they are (the failure is recorded)
+            elif isinstance(got, BaseException):
+                raise got
+            else:
+                children += got
         mark_steps(children)
         by_parent = {ch.parent_id: ch for ch in children}
         heads = [by_parent.get(b.id, b) for b in heads]
