@@ -170,3 +170,19 @@ class ProblemsFailed(TtcError):
         )
         self.run_id = run_id
         self.errors = errors
+
+
+class SweepInterrupted(TtcError):
+    """A multirun sweep was stopped (Ctrl-C, SIGTERM) before all its jobs finished."""
+
+    exit_code = 130
+
+    def __init__(self, *, done: int, total: int, commands: list[str]) -> None:
+        lines = "".join(f"\n  {c}" for c in commands)
+        super().__init__(
+            f"sweep stopped after {done} of {total} jobs; finished problems are stored. "
+            f"To finish it, run:{lines}"
+        )
+        self.done = done
+        self.total = total
+        self.commands = commands

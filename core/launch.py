@@ -19,7 +19,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from ttc.config import validate
-from ttc.errors import ConfigError, TtcError
+from ttc.errors import ConfigError, RunInterrupted, SweepInterrupted, TtcError
 from ttc.registry import get_registry, store_configs
 from ttc.resume import ResumeRequest, is_resume, parse_request
 from ttc.resume import load as load_resume_config
@@ -191,6 +191,7 @@ def launch(args: Sequence[str], job: JobFn) -> list[Any]:
     store_configs()
     outcomes: list[Any] = []
     errors: list[TtcError] = []
+    stopped: list[RunInterrupted] = []
 
     @hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name=CONFIG_NAME)
     def entry(cfg: DictConfig) -> None:
@@ -200,6 +201,11 @@ def launch(args: Sequence[str], job: JobFn) -> list[Any]:
             sweep = str(hc.sweep.dir)
         try:
             outcomes.append(job(Job(cfg, sweep)))
+        except RunInterrupted as exc:
+            # Ctrl-C or SIGTERM stops the whole sweep: Hydra catches Exceptions and would
+            # go on with the next job, so leave it with a BaseException.
+            stopped.append(exc)
+            raise _StopSweep from None
         except TtcError as exc:
             errors.append(exc)
 
@@ -207,8 +213,44 @@ def launch(args: Sequence[str], job: JobFn) -> list[Any]:
     sys.argv = ["ttc", *args]
     try:
         entry()
+    except (_StopSweep, KeyboardInterrupt):
+        interrupted = stopped[0] if stopped else RunInterrupted(None)
+        if not multirun:
+            raise interrupted from None
+        done = len(outcomes) + len(errors)
+        jobs = [[_shown(o) for o in j] for j in expand_sweep(overrides)]
+        raise SweepInterrupted(
+            done=done,
+            total=len(jobs),
+            commands=_continue_commands(interrupted.run_id, jobs[done:]),
+        ) from None
     finally:
         sys.argv = saved
     if errors:
         raise errors[0]
     return outcomes
+
+
+def _shown(override: str) -> str:
+    """An override as the user can type it again, a hidden URL shown masked."""
+    override = override.replace("\\:", ":")  # Hydra's sweeper escapes ':' needlessly
+    m = re.search(r"\$\{oc\.env:(" + SECRET_ENV_PREFIX + r"\d+)\}", override)
+    if m is None:
+        return override
+    return override.replace(m.group(0), mask_url(os.environ.get(m.group(1), "")))
+
+
+class _StopSweep(BaseException):
+    """Raised out of a Hydra job to stop the sweep (see `launch`)."""
+
+
+def _continue_commands(run_id: str | None, unfinished: list[list[str]]) -> list[str]:
+    """What finishes a stopped sweep: resume the interrupted job, run the ones not started."""
+    commands = []
+    for i, job_overrides in enumerate(unfinished):
+        if i == 0 and run_id is not None:
+            store = [o for o in job_overrides if o.lstrip("+~").startswith("store.url=")]
+            commands.append(" ".join(["ttc run", f"resume={run_id}", *store]))
+        else:
+            commands.append(" ".join(["ttc run", *job_overrides]))
+    return commands

@@ -194,6 +194,21 @@ class Runner:
     def run(self) -> RunOutcome:
         return asyncio.run(self.arun())
 
+    def finish_after_late_interrupt(self) -> RunOutcome:
+        """The outcome of a run interrupted after its last problem was stored: finished."""
+        assert self.run_id is not None and self.cfg is not None
+        url = self.resume.store_url if self.resume is not None else str(self.cfg.store.url)
+        store = Store(url)
+        try:
+            run = store.get_run(self.run_id)
+            if run["status"] == "finished" and run["totals"] is not None:
+                totals = run["totals"]
+            else:
+                totals = store.finish_run(self.run_id, "finished")
+        finally:
+            store.close()
+        return RunOutcome(self.run_id, "finished", totals, BatchStats(), self.remaining or 0)
+
     async def arun(self) -> RunOutcome:
         if self.resume is not None:
             url, echo = self.resume.store_url, False
@@ -227,6 +242,9 @@ class Runner:
             check_same_problems(run_id, stored["fingerprint"], problems)
         plain = OmegaConf.to_container(cfg, resolve=True)
         assert isinstance(plain, dict)
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():  # Ctrl-C came while loading: no run row
+            raise asyncio.CancelledError
         if resume is not None:
             store.claim(run_id, force=resume.force)
         else:

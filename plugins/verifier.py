@@ -18,7 +18,8 @@ on the main thread, and the runner grades from worker threads. Worse, some input
 a watchdog *thread* could not even wake up to give up. We therefore disable math-verify's
 timeouts and run it in a few worker processes (fresh interpreters talking JSON lines over
 pipes); the caller waits for the reply with a deadline and kills a worker that overruns (a
-fresh one is started on demand).
+fresh one is started on demand). Each worker forks a watchdog that kills it when the ttc
+process dies, so a worker stuck in sympy is never left behind (see `_watch_parent`).
 """
 
 from __future__ import annotations
@@ -285,9 +286,38 @@ def _as_latex(answer: str) -> str:
 _WORKER_CODE = "from ttc.plugins.verifier import _serve; _serve()"
 
 
+def _watch_parent(fd: int) -> None:
+    """Fork a watchdog that SIGKILLs this worker once `fd` (the read end of a pipe whose
+    only write end the ttc process holds) reaches EOF, i.e. ttc is gone, even by SIGKILL.
+
+    An idle worker would see its stdin close, but a busy one does not read it; and a
+    thread of the worker could not act either, as sympy may hold the GIL for minutes. The
+    watchdog is forked before anything is imported, while the worker has one thread.
+    """
+    import select
+    import signal
+
+    worker = os.getpid()
+    if os.fork() != 0:
+        os.close(fd)
+        return
+    try:  # the watchdog process
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is ttc's to handle
+        while os.getppid() == worker:  # reparented: the worker is gone
+            ready, _, _ = select.select([fd], [], [], 1.0)
+            if ready and not os.read(fd, 1):
+                os.kill(worker, signal.SIGKILL)
+                break
+    finally:
+        os._exit(0)
+
+
 def _serve() -> None:
     """Worker process: read `[gold, prediction]` JSON lines on stdin, answer `true`/`false`
-    lines on stdout, until stdin closes."""
+    lines on stdout, until stdin closes (or until the ttc process dies, see
+    `_watch_parent`)."""
+    if len(sys.argv) > 1 and hasattr(os, "fork"):
+        _watch_parent(int(sys.argv[1]))
     protocol = sys.stdout
     sys.stdout = sys.stderr  # a stray print from a library must not corrupt the protocol
     logging.getLogger("math_verify").setLevel(logging.ERROR)  # "timeout disabled" warnings
@@ -312,13 +342,19 @@ def _serve() -> None:
 
 class _Worker:
     def __init__(self) -> None:
+        # The worker's watchdog sees EOF on this pipe when we die (we hold the only write
+        # end; os.pipe() descriptors are not inherited by other children).
+        alive_r, self._alive_w = os.pipe() if hasattr(os, "fork") else (-1, -1)
         self.process = subprocess.Popen(
-            [sys.executable, "-c", _WORKER_CODE],
+            [sys.executable, "-c", _WORKER_CODE, *([str(alive_r)] if alive_r >= 0 else [])],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
             encoding="utf-8",
+            pass_fds=(alive_r,) if alive_r >= 0 else (),
         )
+        if alive_r >= 0:
+            os.close(alive_r)
         # A reader thread turns the blocking pipe into a queue we can wait on with a
         # deadline, portably (select() does not take pipes on Windows). It ends at EOF,
         # i.e. when the worker exits or is killed.
@@ -358,6 +394,10 @@ class _Worker:
     def kill(self) -> None:
         self.process.kill()
         self.process.wait(timeout=5)
+        if self._alive_w >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._alive_w)
+            self._alive_w = -1
         if self.process.stdin is not None:
             with contextlib.suppress(OSError):  # a broken pipe has nothing left to flush
                 self.process.stdin.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -67,3 +67,31 @@ def ttc_cli(
         text=True,
         timeout=timeout,
     )
+
+
+def peek(db: Path, sql: str) -> list[tuple[object, ...]] | None:
+    """Rows of a read-only query on a SQLite store another process is writing (None while
+    the file or its tables do not exist yet). Never migrates, never writes."""
+    import sqlite3
+
+    if not db.exists():
+        return None
+    try:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+        try:
+            return conn.execute(sql).fetchall()
+        finally:
+            conn.close()
+    except sqlite3.OperationalError:
+        return None
+
+
+def wait_for(condition: Callable[[], bool], *, timeout: float = 60, what: str = "") -> None:
+    """Poll `condition` every 20 ms until it holds; fail the test after `timeout` s."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what or condition}")
+        time.sleep(0.02)

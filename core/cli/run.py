@@ -28,7 +28,9 @@ def _job(job: Job) -> Any:
     try:
         outcome = runner.run()
     except KeyboardInterrupt:
-        raise RunInterrupted(runner.run_id) from None
+        if runner.run_id is None or runner.remaining != 0:
+            raise RunInterrupted(runner.run_id) from None
+        outcome = runner.finish_after_late_interrupt()  # everything was stored already
     finally:
         if observer is not None:
             registry.pm.unregister(observer)
@@ -64,7 +66,10 @@ def run(ctx: typer.Context) -> None:
     # interrupted (and resumable) instead of being left as "running".
     signal.signal(signal.SIGTERM, _interrupt)
     with errors_to_exit():
-        launch(ctx.args, _job)
+        try:
+            launch(ctx.args, _job)
+        except KeyboardInterrupt:  # before any job started: no run exists
+            raise RunInterrupted(None) from None
 
 
 def _interrupt(signum: int, frame: Any) -> None:

@@ -62,6 +62,10 @@ def _now() -> datetime:
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # pysqlite opens transactions itself, but not before DDL: a migration killed half-way
+    # left tables without their revision (a store no later process could open). Take the
+    # transactions over (SQLAlchemy's recipe: no driver transactions, BEGIN on begin).
+    dbapi_connection.isolation_level = None
     cur = dbapi_connection.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA foreign_keys=ON")
@@ -85,7 +89,15 @@ def make_engine(url: str, *, echo: bool = False, create: bool = True) -> Engine:
         if db and db != ":memory:" and not db.startswith("file:"):
             prepare_sqlite_path(Path(db), create=create)
         event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _sqlite_begin)
     return engine
+
+
+def _sqlite_begin(conn: Any) -> None:
+    # A migration takes the write lock up front, so that two processes opening a new store
+    # at once wait for each other instead of both reading "no schema yet".
+    immediate = conn.get_execution_options().get("ttc_migrating", False)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
 def alembic_config(engine: Engine) -> Any:
@@ -103,16 +115,17 @@ def alembic_config(engine: Engine) -> Any:
 def upgrade(engine: Engine, revision: str = "head", *, attempts: int = 5) -> None:
     """Bring the store's schema to `revision` (Alembic).
 
-    Several processes may open a new store at once (the jobs of a sweep): SQLite runs DDL
-    outside transactions, so a process can find tables that another one is creating. It
-    then waits and tries again; by then the other process has recorded the revision.
+    The whole upgrade is one transaction (on SQLite too, see `_sqlite_pragmas`), so a
+    process killed during it leaves the store as it was. Several processes may open a new
+    store at once (the jobs of a sweep): one migrates, the others wait for its lock; one
+    that still finds tables another is creating waits and tries again.
     """
     from alembic import command
 
     cfg = alembic_config(engine)
     for attempt in range(attempts):
         try:
-            with engine.begin() as conn:
+            with engine.connect().execution_options(ttc_migrating=True) as conn, conn.begin():
                 cfg.attributes["connection"] = conn
                 command.upgrade(cfg, revision)
             return

@@ -200,3 +200,21 @@ def test_sigterm_marks_the_run_interrupted_and_names_it(store_url: str, tmp_path
     (run,) = Store(store_url).list_runs()
     assert run["status"] == "interrupted"
     assert f"resume={run['id']}" in err
+
+
+def test_upgrading_a_0001_store_keeps_its_runs_and_results(tmp_path: Path) -> None:
+    from alembic import command
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    proc = ttc_cli(["run", *DOUBLES, f"store.url={url}", "task.n_problems=3"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    engine = make_engine(url)
+    cfg = alembic_config(engine)
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0001")
+    store = Store(url)  # opening upgrades to head again
+    (run,) = store.list_runs()
+    assert len(store.results(run["id"])) == 3
+    assert len(store.nodes(run["id"], "p000")) > 0
+    assert run["fingerprint"] is None  # unknown for old runs: a resume does not check it

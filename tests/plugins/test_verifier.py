@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -153,3 +155,40 @@ def test_grading_from_a_script_without_main_guard(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["True", "False"]
+
+
+def test_a_busy_math_verify_worker_dies_with_its_parent(tmp_path: Path) -> None:
+    """Defect 12: a worker that is not reading its stdin (stuck in sympy; here stopped with
+    SIGSTOP, which no thread of it can survive) is killed when ttc is SIGKILLed."""
+    from conftest import subprocess_env, wait_for
+
+    script = (
+        "import time\n"
+        "from ttc.plugins import verifier\n"
+        "assert verifier.is_equivalent('x+1', '1+x')\n"  # starts a worker, idle afterwards
+        "(w,) = verifier._shared._live\n"
+        "print(w.process.pid, flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", script], env=subprocess_env(), stdout=subprocess.PIPE, text=True
+    )
+    assert parent.stdout is not None
+    worker = int(parent.stdout.readline())
+
+    def gone() -> bool:
+        try:
+            state = Path(f"/proc/{worker}/stat").read_text().split(")")[-1].split()[0]
+        except FileNotFoundError:
+            return True
+        return state in ("Z", "X")  # dead, waiting for init to reap it
+
+    try:
+        os.kill(worker, signal.SIGSTOP)  # busy: deaf to its stdin closing
+        parent.kill()
+        parent.wait(timeout=10)
+        time.sleep(0.5)
+        wait_for(gone, timeout=15, what=f"math-verify worker {worker} to die")
+    finally:
+        if not gone():
+            os.kill(worker, signal.SIGKILL)
