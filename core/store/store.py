@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from sqlalchemy import (
+    Connection,
     Engine,
     Float,
     Integer,
@@ -62,10 +63,6 @@ def _now() -> datetime:
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    # pysqlite opens transactions itself, but not before DDL: a migration killed half-way
-    # left tables without their revision (a store no later process could open). Take the
-    # transactions over (SQLAlchemy's recipe: no driver transactions, BEGIN on begin).
-    dbapi_connection.isolation_level = None
     cur = dbapi_connection.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA foreign_keys=ON")
@@ -94,10 +91,19 @@ def make_engine(url: str, *, echo: bool = False, create: bool = True) -> Engine:
 
 
 def _sqlite_begin(conn: Any) -> None:
-    # A migration takes the write lock up front, so that two processes opening a new store
-    # at once wait for each other instead of both reading "no schema yet".
-    immediate = conn.get_execution_options().get("ttc_migrating", False)
-    conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+    """Make a migration one transaction on SQLite.
+
+    pysqlite opens transactions itself, but not before DDL: a migration killed half-way
+    left tables without their revision, a store no later process could open. For a
+    migration we take the transaction over (SQLAlchemy's recipe: no driver transactions,
+    our own BEGIN), IMMEDIATE so that two processes opening a new store at once wait for
+    each other's lock instead of both reading "no schema yet". Other work keeps pysqlite's
+    transactions, which begin at the first write (a read-then-write transaction begun at
+    its read would fail on a busy store instead of waiting).
+    """
+    if conn.get_execution_options().get("ttc_migrating", False):
+        conn.connection.dbapi_connection.isolation_level = None
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def alembic_config(engine: Engine) -> Any:
@@ -110,6 +116,17 @@ def alembic_config(engine: Engine) -> Any:
     url = engine.url.render_as_string(hide_password=False).replace("%", "%%")
     cfg.set_main_option("sqlalchemy.url", url)
     return cfg
+
+
+@contextlib.contextmanager
+def _migrating(engine: Engine) -> Iterator[Connection]:
+    """A connection whose transaction holds a whole migration (see `_sqlite_begin`)."""
+    with engine.connect().execution_options(ttc_migrating=True) as conn:
+        try:
+            yield conn
+        finally:
+            if engine.dialect.name == "sqlite":  # back to pysqlite's own transactions
+                conn.connection.dbapi_connection.isolation_level = ""  # type: ignore[union-attr]
 
 
 def upgrade(engine: Engine, revision: str = "head", *, attempts: int = 5) -> None:
@@ -125,7 +142,7 @@ def upgrade(engine: Engine, revision: str = "head", *, attempts: int = 5) -> Non
     cfg = alembic_config(engine)
     for attempt in range(attempts):
         try:
-            with engine.connect().execution_options(ttc_migrating=True) as conn, conn.begin():
+            with _migrating(engine) as conn, conn.begin():
                 cfg.attributes["connection"] = conn
                 command.upgrade(cfg, revision)
             return
