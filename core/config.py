@@ -111,6 +111,8 @@ class RootConfig:
     run: RunConfig = field(default_factory=RunConfig)
     resume: str | None = None
     """Id of an interrupted run to continue (its stored config is used)."""
+    serve: Any = None
+    """The `serve` node of `ttc serve` (`ttc.serve.ServeConfig`); unset for `ttc run`."""
 
 
 GROUP_BASES: dict[str, type] = {

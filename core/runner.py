@@ -346,6 +346,23 @@ class Runner:
         await asyncio.gather(*(solve_one(i, p) for i, p in todo))
         return written
 
+    async def solve_problem(
+        self,
+        index: int,
+        problem: Problem,
+        run_id: str,
+        parts: Components,
+        scheduler: Scheduler,
+        cost: CostModel,
+        *,
+        aggregate_how: str = "last",
+        seed: int = 0,
+    ) -> ProblemResult:
+        """Solve one problem now through `parts` and a started `scheduler`, as `arun` does
+        for each of its problems (nothing is stored): for callers that bring problems one
+        at a time, e.g. `ttc serve`."""
+        return await self._solve(index, problem, run_id, parts, scheduler, cost, aggregate_how, seed)
+
     async def _solve(
         self,
         index: int,

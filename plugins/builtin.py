@@ -106,3 +106,10 @@ def register_tasks(register: Callable[..., None]) -> None:
     register(Aime24Task, Aime24TaskConfig)
     register(Amc23Task, Amc23TaskConfig)
     register(JsonlTask, JsonlTaskConfig)
+
+
+@ttc.hookimpl
+def register_configs(register: Callable[..., None]) -> None:
+    from ttc.serve.config import ServeConfig
+
+    register("serve", "default", ServeConfig())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from ttc.cli import analyze, db, plugins, run, runs
+from ttc.cli import analyze, db, plugins, run, runs, serve
 from ttc.cli._common import OneLineErrors
 
 app = typer.Typer(
@@ -17,6 +17,7 @@ app = typer.Typer(
 )
 run.register(app)
 plugins.register(app)
+serve.register(app)
 app.add_typer(runs.app, name="runs")
 app.add_typer(db.app, name="db")
 app.add_typer(analyze.app, name="analyze")
