@@ -361,7 +361,9 @@ class Runner:
         """Solve one problem now through `parts` and a started `scheduler`, as `arun` does
         for each of its problems (nothing is stored): for callers that bring problems one
         at a time, e.g. `ttc serve`."""
-        return await self._solve(index, problem, run_id, parts, scheduler, cost, aggregate_how, seed)
+        return await self._solve(
+            index, problem, run_id, parts, scheduler, cost, aggregate_how, seed
+        )
 
     async def _solve(
         self,

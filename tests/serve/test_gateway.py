@@ -12,9 +12,9 @@ import pytest
 
 openai = pytest.importorskip("openai")
 
-from ttc.store import Store  # noqa: E402
-
 from gateway_harness import Gateway, gateway  # noqa: E402
+
+from ttc.store import Store  # noqa: E402
 
 QUESTION = [{"role": "user", "content": "What is 6 * 7? answer=42"}]
 
@@ -128,7 +128,9 @@ def test_streaming_sends_the_final_answer_as_standard_chunks(gw: Gateway) -> Non
         )
     )
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    finish = [
+        c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
+    ]
     assert finish == ["stop"]
     usage = [c.usage for c in chunks if c.usage is not None]
     assert len(usage) == 1
