@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -94,5 +95,24 @@ def serve_forever(cfg: DictConfig, *, on_ready: Callable[[ServingRun, str], None
                 port = self.servers[0].sockets[0].getsockname()[1]
                 on_ready(run, f"http://{serve.host}:{port}/v1")
 
-    Server(uvicorn_config(app, serve)).run()
+    # uvicorn re-raises the stopping signal once it has shut down gracefully; a stop is
+    # this command's normal end, so that signal ends `run()` here instead of the process.
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
+        signal.signal(sig, _stopped)
+    try:
+        Server(uvicorn_config(app, serve)).run()
+    except _Stopped:
+        pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return run
+
+
+class _Stopped(Exception):
+    pass
+
+
+def _stopped(signum: int, frame: Any) -> None:
+    raise _Stopped(signum)

@@ -1,0 +1,112 @@
+"""The `ttc serve` command in a subprocess: it serves, and on SIGTERM the requests in
+flight finish and are stored, the run is marked finished, and nothing else is written."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+openai = pytest.importorskip("openai")
+
+from ttc.store import Store  # noqa: E402
+
+from conftest import DOUBLES, ROOT, subprocess_env  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_sigterm_lets_in_flight_requests_finish_and_closes_the_run(tmp_path: Path) -> None:
+    url, port = f"sqlite:///{tmp_path / 'ttc.db'}", free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "ttc.cli", "serve", *DOUBLES, f"store.url={url}",
+            f"serve.port={port}", "backend.delay_s=0.5", "strategy=best_of_n", "strategy.n=2",
+        ],  # fmt: skip
+        cwd=tmp_path,
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert f"127.0.0.1:{port}/v1" in line, line
+        client = openai.OpenAI(
+            base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0, timeout=60
+        )
+        answers: list[object] = []
+
+        def ask(i: int) -> None:
+            messages = [{"role": "user", "content": f"q{i} answer={i}"}]
+            try:
+                answers.append(client.chat.completions.create(model="ttc", messages=messages))
+            except Exception as exc:
+                answers.append(exc)
+
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 30
+        while httpx.get(f"http://127.0.0.1:{port}/health").json()["inflight"] < 4:
+            assert time.monotonic() < deadline, "the requests never got in flight"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        for t in threads:
+            t.join(timeout=60)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out
+    assert len(answers) == 4 and all(not isinstance(a, Exception) for a in answers), answers
+    assert "4 requests answered" in out
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"http://127.0.0.1:{port}/v1/models")
+    store = Store(url)
+    try:
+        (run,) = store.list_runs()
+        assert run["status"] == "finished" and run["task"] == "serve"
+        assert len(store.results(run["id"])) == 4
+    finally:
+        store.close()
+
+
+def test_a_draining_server_answers_503(tmp_path: Path) -> None:
+    from gateway_harness import gateway
+
+    with gateway(f"sqlite:///{tmp_path / 'ttc.db'}") as g:
+        g.run.draining = True
+        try:
+            with pytest.raises(openai.InternalServerError, match="shutting down"):
+                g.client().chat.completions.create(
+                    model="ttc", messages=[{"role": "user", "content": "hi"}]
+                )
+        finally:
+            g.run.draining = False
+
+
+def test_bad_serve_overrides_fail_in_one_line(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "ttc.cli", "serve", *DOUBLES, "serve.prot=1"],
+        cwd=tmp_path,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "serve.prot" in proc.stderr and "Traceback" not in proc.stderr
+    assert ROOT.exists()
