@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from ttc.config import StoreConfig, instantiate_config
 from ttc.cost import CostModel, check_measurable
 from ttc.errors import ConfigError
-from ttc.interfaces import Strategy
+from ttc.interfaces import Backend, Strategy
 from ttc.plugins.allocators.fixed import FixedAllocator, FixedAllocatorConfig
 from ttc.registry import Registry, get_registry
 from ttc.runner import Components, Runner, build_components, hardware, versions
@@ -186,6 +186,12 @@ class ServingRun:
     @property
     def batch_stats(self) -> BatchStats:
         return self._scheduler.generate_queue.stats if self._scheduler else BatchStats()
+
+    @property
+    def backend(self) -> Backend:
+        if self._parts is None:
+            raise Unavailable("the serving run is not started")
+        return self._parts.backend
 
     @property
     def store(self) -> Store:
