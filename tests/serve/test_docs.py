@@ -14,8 +14,8 @@ import pytest
 
 pytest.importorskip("openai")
 
-from conftest import ROOT  # noqa: E402
-from gateway_harness import gateway  # noqa: E402
+from conftest import ROOT
+from gateway_harness import gateway
 
 DOC = ROOT / "docs" / "serve.md"
 EXAMPLES = ROOT / "docs" / "examples"

@@ -12,9 +12,9 @@ import pytest
 
 openai = pytest.importorskip("openai")
 
-from gateway_harness import Gateway, gateway  # noqa: E402
-
 from ttc.store import Store  # noqa: E402
+
+from gateway_harness import Gateway, gateway  # noqa: E402
 
 QUESTION = [{"role": "user", "content": "What is 6 * 7? answer=42"}]
 

@@ -29,11 +29,9 @@ def free_port() -> int:
 
 def test_sigterm_lets_in_flight_requests_finish_and_closes_the_run(tmp_path: Path) -> None:
     url, port = f"sqlite:///{tmp_path / 'ttc.db'}", free_port()
+    overrides = [f"store.url={url}", f"serve.port={port}", "backend.delay_s=0.5", "strategy.n=2"]
     proc = subprocess.Popen(
-        [
-            sys.executable, "-m", "ttc.cli", "serve", *DOUBLES, f"store.url={url}",
-            f"serve.port={port}", "backend.delay_s=0.5", "strategy=best_of_n", "strategy.n=2",
-        ],  # fmt: skip
+        [sys.executable, "-m", "ttc.cli", "serve", *DOUBLES, *overrides],
         cwd=tmp_path,
         env=subprocess_env(),
         stdout=subprocess.PIPE,
