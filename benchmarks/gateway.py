@@ -37,7 +37,13 @@ from rich.table import Table
 from ttc.serve.server import BackgroundServer, build, compose_serve
 from ttc.types import GenerateRequest, Problem, Sampling
 
-BASE = ["backend=scripted", "task=synthetic", "reward=none", "run.progress=false"]
+BASE = [
+    "backend=scripted",
+    "task=synthetic",
+    "reward=none",
+    "strategy=self_consistency",
+    "run.progress=false",
+]
 
 
 def percentile(xs: list[float], q: float) -> float:
@@ -54,8 +60,9 @@ def body(i: int, samples: int) -> dict:
     }
 
 
-def overhead(store: str, *, requests: int, samples: int) -> dict[str, float]:
-    app, run, serve = build(compose_serve([*BASE, f"store.url={store}", "serve.port=0"]))
+def overhead(store: str, *, requests: int, samples: int, write_behind: bool) -> dict[str, float]:
+    overrides = [*BASE, f"store.url={store}", "serve.port=0"]
+    app, run, serve = build(compose_serve([*overrides, f"serve.write_behind={write_behind}"]))
     with BackgroundServer(app, serve) as url, httpx.Client(base_url=url, timeout=60) as http:
         for i in range(20):  # warm-up
             http.post("/chat/completions", json=body(i, samples)).raise_for_status()
@@ -134,18 +141,26 @@ def main() -> None:
     args = ap.parse_args()
     console = Console()
     with tempfile.TemporaryDirectory() as tmp:
-        console.print(f"overhead: {args.requests} requests one at a time ...")
-        o = overhead(
-            f"sqlite:///{Path(tmp) / 'o.db'}", requests=args.requests, samples=args.samples
-        )
-        table = Table(title=f"per request, {args.samples} samples (ms)")
+        table = Table(title=f"per request, {args.samples} samples, one at a time (ms)")
         for col in ("path", "median", "p95"):
             table.add_column(col, justify="right")
-        table.add_row(
-            "gateway (HTTP, search, store)", f"{o['gateway_p50']:.2f}", f"{o['gateway_p95']:.2f}"
-        )
-        table.add_row("backend called directly", f"{o['direct_p50']:.3f}", f"{o['direct_p95']:.3f}")
-        table.add_row("gateway overhead", f"{o['overhead_p50']:.2f}", f"{o['overhead_p95']:.2f}")
+        for write_behind in (False, True):
+            mode = "write-behind" if write_behind else "stored before the answer"
+            console.print(f"overhead ({mode}): {args.requests} requests ...")
+            o = overhead(
+                f"sqlite:///{Path(tmp) / f'o{write_behind}.db'}",
+                requests=args.requests,
+                samples=args.samples,
+                write_behind=write_behind,
+            )
+            if not write_behind:
+                table.add_row(
+                    "backend called directly", f"{o['direct_p50']:.3f}", f"{o['direct_p95']:.3f}"
+                )
+            table.add_row(f"gateway, {mode}", f"{o['gateway_p50']:.2f}", f"{o['gateway_p95']:.2f}")
+            table.add_row(
+                f"overhead, {mode}", f"{o['overhead_p50']:.2f}", f"{o['overhead_p95']:.2f}"
+            )
         console.print(table)
         rows = []
         for c in args.clients:

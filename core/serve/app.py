@@ -20,6 +20,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from ttc.errors import TtcError
 from ttc.serve.config import ServeConfig
 from ttc.serve.plan import RequestError
 from ttc.serve.run import Answer, ServingRun, Unavailable, new_problem_id
@@ -118,7 +119,16 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await run.start()
+        try:
+            await run.start()
+        except TtcError as exc:
+            # e.g. a model that cannot be loaded: kept for the caller to report in one
+            # line, and the server asked to stop (`app.state.stop`) instead of a traceback
+            run.startup_error = exc
+            stop = getattr(app.state, "stop", None)
+            if stop is None:
+                raise
+            stop()
         try:
             yield
         finally:

@@ -25,6 +25,10 @@ class ServeConfig:
     shutdown_timeout_s: float = bounded(
         30.0, ge=0.0, help="how long in-flight requests may finish at shutdown"
     )
+    write_behind: bool = False
+    """False: a request's answer is sent once its problem is in the store (one committed
+    transaction). True: it is sent first and written right after (the store's commit,
+    milliseconds on SQLite, leaves the request's latency; shutdown still waits for it)."""
     model_prefix: str = "ttc"
     """Model names `<prefix>/<strategy>` choose the strategy of a request."""
 

@@ -10,7 +10,9 @@ over it, under the server's ceilings (`serve.max_budget`).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,6 +82,10 @@ class Planner:
         assert isinstance(base, dict)
         self.base_budget: dict[str, Any] = {str(k): v for k, v in base.items()}
         self.has_reward = str(cfg.reward.name) != "none"
+        # Validation through OmegaConf costs milliseconds: the checked configs and budgets
+        # of recent distinct requests are kept (most requests repeat a few settings).
+        self._configs: dict[tuple[str, str], Any] = {}
+        self._budgets: dict[str, Budget] = {}
 
     @property
     def strategies(self) -> list[str]:
@@ -146,11 +152,17 @@ class Planner:
                     key=f"ttc.{key}",
                 )
             params[key] = value
-        node = {**self.strategy_nodes[name], **params, "name": name}
-        try:
-            config = instantiate_config(schema, node, "ttc")
-        except ConfigError as exc:
-            raise RequestError(_request_words(_one_line(exc.message), body), key=exc.key) from None
+        key = (name, _key(params))
+        config = self._configs.get(key)
+        if config is None:
+            node = {**self.strategy_nodes[name], **params, "name": name}
+            try:
+                config = instantiate_config(schema, node, "ttc")
+            except ConfigError as exc:
+                message = _request_words(_one_line(exc.message), body)
+                raise RequestError(message, key=exc.key) from None
+            _remember(self._configs, key, config)
+        config = copy.deepcopy(config)  # each request's strategy owns its config
         if getattr(reg.cls, "uses_reward", True) and not self.has_reward:
             raise RequestError(
                 f"ttc.strategy={name}: it ranks with a reward model and this server runs "
@@ -174,6 +186,10 @@ class Planner:
                 f"ttc.budget must be an object of limits, e.g. {{'tokens': 4000}}; got {asked!r}",
                 key="ttc.budget",
             )
+        key = _key(asked)
+        cached = self._budgets.get(key)
+        if cached is not None:
+            return cached  # frozen
         unknown = [k for k in asked if k not in UNITS]
         if unknown:
             raise RequestError(
@@ -198,7 +214,9 @@ class Planner:
                         key=f"ttc.budget.{unit}",
                     )
             limits[unit] = value
-        return Budget(**limits)
+        budget = Budget(**limits)
+        _remember(self._budgets, key, budget)
+        return budget
 
 
 def _request_words(message: str, body: dict[str, Any]) -> str:
@@ -209,6 +227,19 @@ def _request_words(message: str, body: dict[str, Any]) -> str:
             if param not in ttc:
                 return field_name + message[len(f"ttc.{param}") :]
     return message
+
+
+CACHE_SIZE = 256
+
+
+def _key(values: dict[str, Any]) -> str:
+    return json.dumps(values, sort_keys=True, default=repr)
+
+
+def _remember(cache: dict[Any, Any], key: Any, value: Any) -> None:
+    if len(cache) >= CACHE_SIZE:
+        cache.pop(next(iter(cache)))  # the oldest first
+    cache[key] = value
 
 
 def _one_line(message: str) -> str:

@@ -107,27 +107,44 @@ class ServingRun:
         self.answered = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self._writes: set[asyncio.Future[None]] = set()
         self._index = itertools.count()
         self._store: Store | None = None
         self._parts: Components | None = None
         self._scheduler: Scheduler | None = None
         self._heartbeat: Heartbeat | None = None
         self.planner: Planner | None = None
+        self.startup_error: Exception | None = None
+        """Why `start` failed, when it did (the server then stops; see `create_app`)."""
 
     # -- life cycle ---------------------------------------------------------------------
-    async def start(self) -> str:
+    def prepare(self) -> None:
+        """Build the plugins and check the config (no model loaded yet): a bad config
+        fails here, in one line, before the server listens."""
+        if self._parts is not None:
+            return
         cfg = self.cfg
-        store_cfg = instantiate_config(StoreConfig, cfg.store, "store")
+        self._store_cfg = instantiate_config(StoreConfig, cfg.store, "store")
         nodes = strategy_nodes(cfg, self.registry)
         self.planner = Planner(cfg, self.registry, self.serve, nodes)
-        parts = build_components(cfg, self.registry)
+        self._parts = build_components(cfg, self.registry)
+
+    async def start(self) -> str:
+        """Start the plugins (in the server's event loop) and create the serving run."""
+        self.prepare()
+        cfg, parts, store_cfg = self.cfg, self._parts, self._store_cfg
+        assert parts is not None
         store = Store(store_cfg.url, echo=store_cfg.echo)
         plain = OmegaConf.to_container(cfg, resolve=True)
         assert isinstance(plain, dict)
         config = mask_config({str(k): v for k, v in plain.items() if k != "resume"})
         await parts.backend.start()
         if parts.reward is not None:
-            await parts.reward.start()
+            try:
+                await parts.reward.start()
+            except BaseException:
+                await parts.backend.close()
+                raise
         run_id = store.create_run(
             config=config,
             strategy=parts.strategy.name,
@@ -141,7 +158,7 @@ class ServingRun:
             n_problems=0,
         )
         self.run_id = run_id
-        self._store, self._parts = store, parts
+        self._store = store
         self._heartbeat = Heartbeat(lambda: store.heartbeat(run_id)).start()
         self._scheduler = Scheduler(
             parts.backend,
@@ -189,7 +206,7 @@ class ServingRun:
 
     @property
     def backend(self) -> Backend:
-        if self._parts is None:
+        if self._parts is None or self._store is None:
             raise Unavailable("the serving run is not started")
         return self._parts.backend
 
@@ -201,7 +218,7 @@ class ServingRun:
 
     # -- requests -----------------------------------------------------------------------
     def plan(self, body: dict[str, Any]) -> RequestPlan:
-        if self.planner is None:
+        if self.planner is None or self._store is None:
             raise Unavailable("the serving run is not started")
         plan = self.planner.plan(body)
         parts = self._parts
@@ -248,11 +265,35 @@ class ServingRun:
                 seed=seed,
             )
         result.trace = {**result.trace, "serve": plan.describe()}
-        async with self._write_lock:
-            await asyncio.to_thread(store.record_problem, run_id, result)
+        if self.serve.write_behind:
+            self._track(asyncio.ensure_future(self._write(store, run_id, result)))
+        else:
+            await self._write(store, run_id, result)
         self.answered += 1
-        self.registry.pm.hook.on_problem_done(run_id=run_id, result=result)
         return _answer(run_id, plan, result, strategy.last)
+
+    async def _write(self, store: Store, run_id: str, result: ProblemResult) -> None:
+        async with self._write_lock:  # one transaction per problem, one at a time
+            await asyncio.to_thread(store.record_problem, run_id, result)
+        self.registry.pm.hook.on_problem_done(run_id=run_id, result=result)
+
+    def _track(self, task: asyncio.Future[None]) -> None:
+        """A write that outlives its request: `close` waits for it like a request."""
+        self.inflight += 1
+        self._idle.clear()
+        self._writes.add(task)
+
+        def done(_: asyncio.Future[None]) -> None:
+            self._writes.discard(task)
+            self.inflight -= 1
+            if self.inflight == 0:
+                self._idle.set()
+
+        task.add_done_callback(done)
+
+    async def flush(self) -> None:
+        """Wait until every answered request is in the store (with `serve.write_behind`)."""
+        await asyncio.gather(*list(self._writes))
 
 
 def new_problem_id() -> str:

@@ -30,6 +30,7 @@ def build(cfg: DictConfig, *, registry: Any = None) -> tuple[Any, ServingRun, Se
     serve = serve_config(cfg.get("serve"))
     keys = api_keys(serve)
     run = ServingRun(cfg, registry=registry, serve=serve)
+    run.prepare()
     return create_app(run, serve, keys=keys), run, serve
 
 
@@ -55,6 +56,8 @@ class BackgroundServer:
         import uvicorn
 
         self.server = uvicorn.Server(uvicorn_config(app, serve, port=port))
+        app.state.stop = self.stop_soon
+        self.run: ServingRun = app.state.run
         self.thread = threading.Thread(target=self.server.run, daemon=True, name="ttc-serve")
         self.host = serve.host
 
@@ -67,8 +70,14 @@ class BackgroundServer:
             if time.monotonic() > deadline:
                 raise TimeoutError("the server did not start in time")
             time.sleep(0.02)
+        if self.run.startup_error is not None:
+            self.stop()
+            raise self.run.startup_error
         sock = self.server.servers[0].sockets[0]
         return f"http://{self.host}:{sock.getsockname()[1]}/v1"
+
+    def stop_soon(self) -> None:
+        self.server.should_exit = True
 
     def stop(self) -> None:
         self.server.should_exit = True
@@ -91,7 +100,7 @@ def serve_forever(cfg: DictConfig, *, on_ready: Callable[[ServingRun, str], None
     class Server(uvicorn.Server):
         async def startup(self, sockets: Any = None) -> None:
             await super().startup(sockets=sockets)
-            if self.started:
+            if self.started and run.startup_error is None:
                 port = self.servers[0].sockets[0].getsockname()[1]
                 on_ready(run, f"http://{serve.host}:{port}/v1")
 
@@ -100,13 +109,17 @@ def serve_forever(cfg: DictConfig, *, on_ready: Callable[[ServingRun, str], None
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     for sig in previous:
         signal.signal(sig, _stopped)
+    server = Server(uvicorn_config(app, serve))
+    app.state.stop = lambda: setattr(server, "should_exit", True)
     try:
-        Server(uvicorn_config(app, serve)).run()
+        server.run()
     except _Stopped:
         pass
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    if run.startup_error is not None:
+        raise run.startup_error
     return run
 
 

@@ -202,3 +202,20 @@ def test_api_keys_are_required_when_configured(
         assert "k-one" not in str(run["config"]), "keys never enter the stored config"
     finally:
         store.close()
+
+
+def test_write_behind_answers_first_and_shutdown_waits_for_the_writes(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'ttc.db'}"
+    with gateway(url, "serve.write_behind=true", "backend.delay_s=0.01") as g:
+        client = g.client()
+        ids = [
+            client.chat.completions.create(model="ttc", messages=QUESTION).usage.ttc["problem_id"]
+            for _ in range(3)
+        ]
+        run_id = g.run.run_id
+    store = Store(url)
+    try:
+        assert sorted(r["problem_id"] for r in store.results(run_id or "")) == sorted(ids)
+        assert store.get_run(run_id or "")["status"] == "finished"
+    finally:
+        store.close()

@@ -18,7 +18,7 @@ openai = pytest.importorskip("openai")
 
 from ttc.store import Store  # noqa: E402
 
-from conftest import DOUBLES, ROOT, subprocess_env  # noqa: E402
+from conftest import DOUBLES, subprocess_env  # noqa: E402
 
 
 def free_port() -> int:
@@ -96,15 +96,37 @@ def test_a_draining_server_answers_503(tmp_path: Path) -> None:
             g.run.draining = False
 
 
-def test_bad_serve_overrides_fail_in_one_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "overrides,words",
+    [
+        (["serve.prot=1"], ["serve.prot", "not a config key"]),
+        (["serve.port=70000"], ["serve.port=70000", "<= 65535"]),
+        (["reward=none", "strategy=best_of_n"], ["reward=none", "best_of_n"]),
+        (["serve.api_keys_env=TTC_TEST_UNSET_KEYS"], ["TTC_TEST_UNSET_KEYS", "not set"]),
+        (["backend=hf", "backend.model=no-such-model-dir"], ["no-such-model-dir"]),
+    ],
+)
+def test_bad_serve_configs_fail_in_one_line_before_serving(
+    tmp_path: Path, overrides: list[str], words: list[str]
+) -> None:
+    url = f"sqlite:///{tmp_path / 'ttc.db'}"
     proc = subprocess.run(
-        [sys.executable, "-m", "ttc.cli", "serve", *DOUBLES, "serve.prot=1"],
+        [sys.executable, "-m", "ttc.cli", "serve", *DOUBLES, f"store.url={url}", *overrides],
         cwd=tmp_path,
         env=subprocess_env(),
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=120,
     )
-    assert proc.returncode == 2
-    assert "serve.prot" in proc.stderr and "Traceback" not in proc.stderr
-    assert ROOT.exists()
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
+    for w in words:
+        assert w in lines[0]
+    if (tmp_path / "ttc.db").exists():  # nothing was served: no run was created
+        store = Store(url)
+        try:
+            assert store.list_runs() == []
+        finally:
+            store.close()
