@@ -69,13 +69,13 @@ class _Chosen(Strategy):
         self.uses_reward = inner.uses_reward  # type: ignore[misc]
         self.last: Solution | None = None
 
-    def solve(self, problem: Problem, ctx: Any) -> Any:  # type: ignore[override]
-        out = self.inner.solve(problem, ctx)
+    def solve(self, problem: Problem, ctx: Any) -> Any:
+        out: Any = self.inner.solve(problem, ctx)
         if inspect.isasyncgen(out):
             return self._anytime(out)
         return self._once(out)
 
-    async def _anytime(self, out: AsyncIterator[Solution]) -> AsyncIterator[Solution]:
+    async def _anytime(self, out: AsyncIterator[Any]) -> AsyncIterator[Solution]:
         async for current in out:
             self.last = current
             yield current
