@@ -402,6 +402,9 @@ def _grade(tables: Tables) -> None:
         nodes["run_id"], nodes["reference"], nodes["answer"], strict=True
     ):
         name = str(task_of[run_id])
+        # missing values come back from pandas as NaN, not None
+        reference = reference if isinstance(reference, str) else None
+        answer = answer if isinstance(answer, str) else None
         key = (name, reference, answer)
         hit = cache.get(key)
         if hit is None:

@@ -147,3 +147,60 @@ def test_step_level_runs_get_no_sample_metrics(known_store) -> None:
     assert per_problem(tables).empty
     pts = points(tables, n_boot=20)
     assert pts["metric"].tolist() == ["accuracy"]
+
+
+def test_samples_without_an_answer_do_not_vote_and_are_wrong(tmp_path) -> None:
+    from ttc.store import Store
+    from ttc.types import Branch, Problem, ProblemResult
+
+    url = f"sqlite:///{tmp_path / 'none.db'}"
+    store = Store(url)
+    run = store.create_run(
+        config={"strategy": {"name": "self_consistency", "n": 3}, "task": {"name": "synthetic"}},
+        strategy="self_consistency",
+        backend="b",
+        model="m",
+        task="synthetic",
+        reward="none",
+        versions={},
+        hardware={},
+    )
+    root = Branch(id=0, parent_id=None, step=0, token_ids=(), step_texts=())
+    leaves = [
+        Branch(
+            id=i,
+            parent_id=0,
+            step=1,
+            token_ids=(),
+            step_texts=("x",),
+            finished=True,
+            answer=a,
+            new_tokens=5,
+        )
+        for i, a in ((1, None), (2, None), (3, "7"))
+    ]
+    store.record_problem(
+        run,
+        ProblemResult(
+            index=0,
+            problem=Problem(id="p", reference="7"),
+            status="ok",
+            answer="7",
+            correct=True,
+            pass_at_1=1 / 3,
+            majority_correct=True,
+            oracle_correct=True,
+            spent={"samples": 3, "tokens": 15},
+            budget={},
+            branches=[root, *leaves],
+            calls=[],
+        ),
+    )
+    tables = load(url)
+    assert tables.nodes["correct"].tolist() == [0.0, 0.0, 1.0]
+    pp = per_problem(tables, metrics=("pass@k", "maj@k")).set_index(["metric", "k"])["value"]
+    assert pp[("pass@k", 1)] == pytest.approx(1 / 3)
+    # any subset holding the one answer votes it; two answerless samples score 0
+    assert pp[("maj@k", 1)] == pytest.approx(1 / 3)
+    assert pp[("maj@k", 2)] == pytest.approx(2 / 3)
+    assert pp[("maj@k", 3)] == pytest.approx(1.0)
