@@ -422,10 +422,13 @@ class Store:
 
     def list_runs(self, *, limit: int = 50, status: str | None = None) -> list[dict[str, Any]]:
         with self.session() as s:
-            q = select(Run).order_by(Run.created_at.desc()).limit(limit)
+            q = select(Run).order_by(Run.created_at.desc())
+            if status in ("running", "stale"):  # stored as running; told apart by liveness
+                rows = [_run_row(r) for r in s.scalars(q.where(Run.status == "running"))]
+                return [r for r in rows if r["status"] == status][:limit]
             if status:
                 q = q.where(Run.status == status)
-            return [_run_row(r) for r in s.scalars(q)]
+            return [_run_row(r) for r in s.scalars(q.limit(limit))]
 
     def set_status(self, run_id: str, status: str, *, error: str | None = None) -> None:
         with self.session() as s, s.begin():

@@ -195,6 +195,8 @@ def test_a_run_with_a_stale_heartbeat_is_listed_as_stale(tmp_path: Path, store_u
     _pretend_running(store, first.run_id, owner="elsewhere:123", beat_age_s=3600)
     listed = ttc_cli(["runs", "list", "--store", store_url], cwd=tmp_path)
     assert "stale" in listed.stdout and "running" not in listed.stdout
+    assert [r["id"] for r in store.list_runs(status="stale")] == [first.run_id]
+    assert store.list_runs(status="running") == []
     # a process of this host that is gone is stale at once
     _pretend_running(store, first.run_id, owner=f"{socket.gethostname()}:999999999", beat_age_s=0)
     assert store.get_run(first.run_id)["status"] == "stale"
