@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
@@ -172,3 +172,50 @@ def model_dir_of(spec: str, *, cache: str | None = None) -> Path:
     from ttc.backends.models import resolve_model_dir
 
     return resolve_model_dir(spec, cache=cache)
+
+
+def continuation_text(
+    tokenizer: Any, prompt: Sequence[int], new: Sequence[int], *, special: frozenset[int]
+) -> str:
+    """The text `new` adds after `prompt`.
+
+    Decoding `new` alone loses a leading space with SentencePiece-style tokenizers, so
+    decode it behind a few prompt tokens and cut their text off."""
+    tail = [t for t in prompt[-8:] if t not in special][-4:]
+    if not tail:
+        return str(tokenizer.decode(list(new), skip_special_tokens=True))
+    head = str(tokenizer.decode(tail, skip_special_tokens=True))
+    full = str(tokenizer.decode([*tail, *new], skip_special_tokens=True))
+    if full.startswith(head):
+        return full[len(head) :]
+    return str(tokenizer.decode(list(new), skip_special_tokens=True))
+
+
+def agree_at_stop(
+    token_ids: Sequence[int],
+    text: str,
+    *,
+    decode: Callable[[Sequence[int]], str],
+    encode_piece: Callable[[str], list[int]],
+) -> tuple[tuple[int, ...], str, int]:
+    """Token ids and text of a generation a stop string ended, made to agree.
+
+    Engines stop when the stop string appears in the decoded text and cut the text right
+    after it; when it ends inside a token, that token stays whole in the ids (its tail is
+    in the ids, not the text). Keep the tokens whose text lies within `text` and spell
+    the rest of `text` (the cut token's head) with `encode_piece`. Should that not decode
+    back to `text`, keep the whole token and its whole text instead (the text then runs
+    past the stop string, but ids and text still agree). Returns (ids, text, kept): the
+    first `kept` ids are the generated ones, the rest re-encoded.
+    """
+    ids = tuple(int(t) for t in token_ids)
+    if decode(ids) == text:
+        return ids, text, len(ids)
+    k = len(ids)
+    while k > 0 and not text.startswith(decode(ids[:k])):
+        k -= 1
+    rest = text[len(decode(ids[:k])) :]
+    fixed = ids[:k] + tuple(int(t) for t in encode_piece(rest)) if rest else ids[:k]
+    if decode(fixed) == text:
+        return fixed, text, k
+    return ids, decode(ids), len(ids)

@@ -31,11 +31,11 @@ import random
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ttc.backends._text import ChatCodec, render_problem
+from ttc.backends._text import ChatCodec, agree_at_stop, continuation_text, render_problem
 from ttc.config import BackendConfig, bounded
 from ttc.errors import BackendError
 from ttc.interfaces import Backend
@@ -300,20 +300,9 @@ class HFBackend(Backend):
         return self._require_codec().decode(token_ids)
 
     def _continuation(self, prompt: Sequence[int], new: Sequence[int]) -> str:
-        """The text `new` adds after `prompt`.
-
-        Decoding `new` alone loses a leading space with SentencePiece-style tokenizers, so
-        decode it behind a few prompt tokens and cut their text off.
-        """
+        """The text `new` adds after `prompt` (see `continuation_text`)."""
         tok = self._require().tokenizer
-        tail = [t for t in prompt[-8:] if t not in self._special_ids][-4:]
-        if not tail:
-            return str(tok.decode(list(new), skip_special_tokens=True))
-        head = str(tok.decode(tail, skip_special_tokens=True))
-        full = str(tok.decode([*tail, *new], skip_special_tokens=True))
-        if full.startswith(head):
-            return str(full[len(head) :])
-        return str(tok.decode(list(new), skip_special_tokens=True))
+        return continuation_text(tok, prompt, new, special=self._special_ids)
 
     # -- generation -----------------------------------------------------------------------
     def generate_batch(self, requests: Sequence[GenerateRequest]) -> list[GenerateResult]:
@@ -619,19 +608,43 @@ class HFBackend(Backend):
             row.finish = "length"
 
     def _finish(self, row: _Row) -> Generation:
+        ids = tuple(row.tokens)
+        logprobs, top = list(row.logprobs), list(row.top)
         if row.finish == "eos":
             row.text = self._continuation(row.prompt, row.tokens[:-1])
         elif row.finish == "length":
             row.text = self._continuation(row.prompt, row.tokens)
+        elif row.finish == "stop":  # the stop string may end inside the last token
+            tok = self._require().tokenizer
+            ids, row.text, kept = agree_at_stop(
+                row.tokens,
+                row.text,
+                decode=lambda t: self._continuation(row.prompt, t),
+                encode_piece=lambda t: list(tok(t, add_special_tokens=False)["input_ids"]),
+            )
+            logprobs = _realign(logprobs, kept, len(ids), lambda i: 0.0)
+            top = _realign(top, kept, len(ids), lambda i: ((ids[i], 0.0),))
         assert row.finish is not None
         return Generation(
-            token_ids=tuple(row.tokens),
+            token_ids=ids,
             text=row.text,
             finish_reason=row.finish,
-            logprobs=tuple(row.logprobs) if row.sampling.logprobs else None,
-            top_logprobs=tuple(row.top) if row.sampling.top_logprobs else None,
+            logprobs=tuple(logprobs) if row.sampling.logprobs else None,
+            top_logprobs=tuple(top) if row.sampling.top_logprobs else None,
             stop_reason=row.stop_reason,
         )
+
+
+def _realign(values: list[Any], kept: int, total: int, fill: Callable[[int], Any]) -> list[Any]:
+    """Per-token values for ids whose first `kept` were generated and the rest re-encoded
+    (`agree_at_stop`): the cut token's value stays with the first re-encoded id, the
+    others get `fill(position)`."""
+    if not values or (total == len(values) and kept == total):
+        return values
+    out = values[:kept]
+    for i in range(kept, total):
+        out.append(values[kept] if i == kept and kept < len(values) else fill(i))
+    return out
 
 
 def _top_rows(

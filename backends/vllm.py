@@ -37,10 +37,17 @@ import itertools
 import os
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ttc.backends._text import ChatCodec, CodecBackend, mix_seed
+from ttc.backends._text import (
+    ChatCodec,
+    CodecBackend,
+    agree_at_stop,
+    continuation_text,
+    mix_seed,
+)
 from ttc.config import BackendConfig, bounded
 from ttc.errors import BackendError, TtcError
 from ttc.interfaces import Backend
@@ -232,6 +239,20 @@ class VLLMBackend(CodecBackend, Backend):
         return self._arch
 
     # -- text -----------------------------------------------------------------------------
+    def _agree(
+        self, prompt: Sequence[int], ids: tuple[int, ...], text: str
+    ) -> tuple[tuple[int, ...], str, int]:
+        codec = self._codec
+        assert isinstance(codec, ChatCodec)
+        tok = codec.tokenizer
+        special = frozenset(int(i) for i in tok.all_special_ids)
+        return agree_at_stop(
+            ids,
+            text,
+            decode=lambda t: continuation_text(tok, prompt, t, special=special),
+            encode_piece=lambda t: list(tok(t, add_special_tokens=False)["input_ids"]),
+        )
+
     # -- generation -----------------------------------------------------------------------
     def sampling_params(self, sampling: Sampling, *, sample: int, max_tokens: int) -> Any:
         """vLLM `SamplingParams` for sample `sample` of a request."""
@@ -299,7 +320,7 @@ class VLLMBackend(CodecBackend, Backend):
         except Exception as exc:
             raise BackendError(f"vLLM failed a request: {type(exc).__name__}: {exc}") from exc
         latency = time.perf_counter() - started
-        gens = tuple(self._generation(out, s) for out in outputs)
+        gens = tuple(self._generation(out, s, prompt=ids) for out in outputs)
         cached = sum(int(out.num_cached_tokens or 0) for out in outputs)
         return GenerateResult(
             generations=gens,
@@ -311,10 +332,10 @@ class VLLMBackend(CodecBackend, Backend):
             ),
         )
 
-    @staticmethod
-    def _generation(output: Any, sampling: Sampling) -> Generation:
+    def _generation(self, output: Any, sampling: Sampling, *, prompt: Sequence[int]) -> Generation:
         (completion,) = output.outputs
         token_ids = tuple(int(t) for t in completion.token_ids)
+        text = str(completion.text)
         stop_reason = completion.stop_reason
         reason: FinishReason
         matched: str | None = None
@@ -338,9 +359,18 @@ class VLLMBackend(CodecBackend, Backend):
             logprobs = tuple(float(step[tok].logprob) for tok, step in steps)
             if sampling.top_logprobs:
                 top = tuple(_top(step, sampling.top_logprobs) for _, step in steps)
+        if reason == "stop":
+            # vLLM cuts the text after the stop string but keeps the token it ends in
+            token_ids, text, kept = self._agree(prompt, token_ids, text)
+            if logprobs is not None and kept < len(logprobs):
+                tail = (logprobs[kept],) + (0.0,) * (len(token_ids) - kept - 1)
+                logprobs = logprobs[:kept] + tail
+            if top is not None and kept < len(top):
+                extra = tuple(((t, 0.0),) for t in token_ids[kept + 1 :])
+                top = (*top[:kept], top[kept], *extra)[: len(token_ids)]
         return Generation(
             token_ids=token_ids,
-            text=str(completion.text),
+            text=text,
             finish_reason=reason,
             logprobs=logprobs,
             stop_reason=matched,

@@ -311,10 +311,13 @@ def test_stop_string_cuts_text_right_after_the_match(backend: HFBackend) -> None
     assert gen.finish_reason == "stop"
     assert gen.stop_reason == stop
     assert gen.text == text[:cut]
-    # Generation ends with the token that completed the match, not later.
-    assert full.token_ids[: len(gen.token_ids)] == gen.token_ids
-    assert stop not in backend.decode(gen.token_ids[:-1])
-    assert backend.decode(gen.token_ids).startswith(gen.text)
+    # Generation ends at the token that completed the match, not later, and its ids
+    # spell exactly its text (a token the stop string ends inside is cut with it).
+    n = len(gen.token_ids)
+    assert backend._continuation(ids, gen.token_ids) == gen.text
+    kept = next((i for i in range(n) if gen.token_ids[i] != full.token_ids[i]), n)
+    assert full.token_ids[:kept] == gen.token_ids[:kept]
+    assert stop not in backend._continuation(ids, full.token_ids[: kept - 1])
 
 
 def test_eos_and_length_finish_reasons(backend: HFBackend) -> None:
@@ -569,3 +572,29 @@ def test_self_certainty_entropy_mode_reads_the_top_k_entropies(backend: HFBacken
             ent = -(probs * probs.log()).sum(-1) - torch.where(rest > 0, rest * rest.log(), 0)
             assert scores[mode] == pytest.approx(math.exp(-float(ent.mean())), abs=1e-4)
     assert scores["entropy"] != pytest.approx(scores["mean"], abs=1e-3)
+
+
+def test_a_stop_string_ending_inside_a_token_leaves_text_and_tokens_agreeing(
+    backend: HFBackend,
+) -> None:
+    """The stop string ends one character into a longer token: the text is cut right after
+    it and the token ids spell exactly that text (the cut token's head re-encoded), so a
+    continuation from the ids sees what the text says."""
+    ids = _ids(backend, PROMPTS[1])
+    (ref,) = backend.generate_batch([_req(ids, max_tokens=24, logprobs=True)])
+    full = ref.generations[0]
+    pieces = [backend._continuation(ids, full.token_ids[:j]) for j in range(len(full.token_ids))]
+    # a token (not the first) whose text is two characters or more
+    j = next(
+        j
+        for j in range(1, len(full.token_ids))
+        if len(backend._continuation(ids, full.token_ids[: j + 1])) - len(pieces[j]) >= 2
+    )
+    stop = backend._continuation(ids, full.token_ids[: j + 1])[: len(pieces[j]) + 1]
+    (got,) = backend.generate_batch([_req(ids, max_tokens=24, stop=(stop,), logprobs=True)])
+    gen = got.generations[0]
+    assert gen.finish_reason == "stop" and gen.text == stop
+    assert backend._continuation(ids, gen.token_ids) == gen.text
+    assert gen.token_ids[:j] == full.token_ids[:j]  # the tokens before the cut one are kept
+    assert gen.token_ids[j] != full.token_ids[j]  # the cut token is not (its tail is gone)
+    assert gen.logprobs is not None and len(gen.logprobs) == len(gen.token_ids)
