@@ -39,6 +39,7 @@ from ttc.backends._text import ChatCodec, agree_at_stop, continuation_text, rend
 from ttc.config import BackendConfig, bounded
 from ttc.errors import BackendError
 from ttc.interfaces import Backend
+from ttc.progress import tokens_generated
 from ttc.types import (
     FinishReason,
     GenerateRequest,
@@ -499,7 +500,7 @@ class HFBackend(Backend):
                 input_ids=input_ids.to(dev),
                 attention_mask=mask.to(dev),
                 position_ids=positions.to(dev),
-                past_key_values=cache,
+                **cache_kwarg(loaded.model, cache),
                 use_cache=True,
                 logits_to_keep=1,
             )
@@ -548,6 +549,7 @@ class HFBackend(Backend):
         while True:
             tokens, token_lps, top = params.sample(logits, [row.generator for row in active])
             token_list = tokens.tolist()
+            tokens_generated(len(token_list))  # the live progress line moves per step
             lp_list = token_lps.tolist() if token_lps is not None else None
             top_rows = _top_rows(top, active)
             keep: list[int] = []
@@ -581,7 +583,7 @@ class HFBackend(Backend):
                 input_ids=tokens.unsqueeze(1),
                 attention_mask=mask,
                 position_ids=positions.unsqueeze(1),
-                past_key_values=cache,
+                **cache_kwarg(loaded.model, cache),
                 use_cache=True,
             )
             positions = positions + 1
@@ -662,6 +664,24 @@ def _top_rows(
         )
         for i, r in enumerate(rows)
     ]
+
+
+def cache_kwarg(model: Any, cache: Any) -> dict[str, Any]:
+    """The KV cache as the keyword the model's forward takes: `cache` in transformers
+    releases that renamed `past_key_values` (the old name logs a deprecation warning
+    at every run)."""
+    import inspect
+
+    kind = type(model)
+    name = _CACHE_KWARG.get(kind)
+    if name is None:
+        params = inspect.signature(model.forward).parameters
+        name = "cache" if "cache" in params else "past_key_values"
+        _CACHE_KWARG[kind] = name
+    return {name: cache}
+
+
+_CACHE_KWARG: dict[type, str] = {}
 
 
 def stack_left_padded(row_kv: Sequence[KV | None], lengths: Sequence[int], width: int) -> KV:

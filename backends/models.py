@@ -18,6 +18,8 @@ Heavy imports (torch, transformers) happen inside the functions that need them.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -28,6 +30,7 @@ import sys
 import tempfile
 import time
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -266,6 +269,43 @@ def _build_alias(entry: WheelModel, target: Path, root: Path) -> None:
         )
 
 
+# -- quiet output ---------------------------------------------------------------------------
+
+
+def quiet_transformers() -> None:
+    """Hide transformers' own notices (deprecation warnings, hints) unless `ttc --verbose`
+    asked for them: ttc prints its own progress and turns failures into errors."""
+    import warnings
+
+    from ttc.progress import verbose
+
+    if verbose():
+        return
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers(\.|$)")
+
+
+@contextlib.contextmanager
+def _quiet_gguf_bar() -> Iterator[None]:
+    """No GGUF conversion progress bar (tqdm, outside transformers' switch) unless verbose."""
+    from ttc.progress import verbose
+
+    gguf_utils: Any = None
+    with contextlib.suppress(ImportError):
+        import transformers.modeling_gguf_pytorch_utils as gguf_utils
+    bar = getattr(gguf_utils, "tqdm", None)
+    if verbose() or bar is None or isinstance(bar, functools.partial):
+        yield
+        return
+    gguf_utils.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = bar
+
+
 # -- GGUF conversion ------------------------------------------------------------------------
 
 
@@ -290,10 +330,12 @@ def _convert_gguf(gguf: Path, target: Path, *, source: dict[str, Any]) -> None:
 
     directory, name = str(gguf.parent), gguf.name
     try:
-        tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=name)
-        config = AutoConfig.from_pretrained(directory, gguf_file=name)
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        tensors = load_gguf_checkpoint(str(gguf), return_tensors=True, model_to_load=model)
+        quiet_transformers()
+        with _quiet_gguf_bar():
+            tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=name)
+            config = AutoConfig.from_pretrained(directory, gguf_file=name)
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+            tensors = load_gguf_checkpoint(str(gguf), return_tensors=True, model_to_load=model)
     except Exception as exc:
         raise BackendError(
             f"could not read GGUF {gguf}: {type(exc).__name__}: {exc}",
@@ -390,6 +432,7 @@ def load_model(
 
     # ttc shows its own progress; transformers' per-load bar would interleave with it.
     hf_logging.disable_progress_bar()
+    quiet_transformers()  # for the whole run: deprecation notices logged while decoding
 
     model_dir = resolve_model_dir(spec, cache=cache)
     dev = pick_device(device)

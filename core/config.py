@@ -20,7 +20,8 @@ from ttc.errors import ConfigError
 def bounded(default: Any, *, help: str = "", **bounds: Any) -> Any:
     """A dataclass field with a documented range, checked by `validate`.
 
-    `bounds` may hold `ge`, `gt`, `le`, `lt` (numbers) and `choices` (a list).
+    `bounds` may hold `ge`, `gt`, `le`, `lt` (numbers), `choices` (a list) and `max_len`
+    (characters of a string).
     """
     return field(default=default, metadata={"help": help, **bounds})
 
@@ -93,7 +94,9 @@ class RunConfig:
     concurrency: int = bounded(32, ge=1, help="problems solved at the same time")
     seed: int = 0
     progress: bool = True
-    name: str | None = None
+    name: str | None = bounded(
+        None, max_len=200, help="a label for the run (the store's column holds 200 characters)"
+    )
     allow_errors: bool = False
     """Exit 0 even when some problems ended with an error (they stay stored as errors)."""
 
@@ -199,6 +202,13 @@ def check_bounds(obj: Any, prefix: str) -> None:
                     key=key,
                     value=value,
                 )
+        max_len = meta.get("max_len")
+        if max_len is not None and isinstance(value, str) and len(value) > max_len:
+            raise ConfigError(
+                f"{key} is {len(value)} characters long; it may have at most {max_len}",
+                key=key,
+                hint=f"shorten {key}",
+            )
         upper = _upper_bound(f, value)
         if upper is not None and value > upper[0]:
             raise ConfigError(

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 from ttc.cli import analyze, db, plugins, run, runs, serve
-from ttc.cli._common import OneLineErrors
+from ttc.cli._common import OneLineErrors, set_verbose
 
 app = typer.Typer(
     name="ttc",
@@ -15,6 +17,22 @@ app = typer.Typer(
     add_completion=False,
     cls=OneLineErrors,
 )
+
+
+@app.callback()
+def _root(
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose",
+            "-v",
+            help="show detail: retries, libraries' progress bars and warnings",
+        ),
+    ] = False,
+) -> None:
+    set_verbose(verbose)
+
+
 run.register(app)
 plugins.register(app)
 serve.register(app)

@@ -65,6 +65,23 @@ def _click() -> Any:
         return click
 
 
+def set_verbose(on: bool) -> None:
+    """`ttc --verbose`: ttc's own detail (retries, probes) and the libraries' bars and
+    warnings; without it only ttc's progress, tables and errors are printed."""
+    import logging
+
+    from ttc.progress import VERBOSE_ENV
+
+    if not on:
+        return
+    os.environ[VERBOSE_ENV] = "1"
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    logger = logging.getLogger("ttc")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
 class OneLineErrors(TyperGroup):
     """The root command group: click's usage errors (a bad option value, a missing
     argument) print one line naming the option and how to get help, like ttc's own."""
@@ -124,8 +141,12 @@ def fmt(value: Any, key: str = "") -> str:
         return f"{100 * float(value):.1f}%"
     if key == "flops":
         return f"{float(value):.3e}"
-    if key == "seconds_per_problem":
-        return f"{float(value):.2f}"
+    if key in ("wall_s", "mean_latency_s"):
+        return f"{float(value):,.2f}"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"  # like the progress line: 5,212
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)

@@ -50,11 +50,13 @@ TOTAL_KEYS = (
     "cached_prompt_tokens",
     "reward_tokens",
     "flops",
-    "seconds_per_problem",
+    "wall_s",
+    "mean_latency_s",
     "refused_calls",
 )
-"""Run totals: counts, mean accuracies over problems, summed spending, and the mean wall
-time of a problem (problems overlap, so their seconds do not add up to the run's)."""
+"""Run totals: counts, mean accuracies over problems, summed spending, the run's wall time
+(from the first problem's start to the last one's end) and the mean latency of a problem
+(problems overlap, so their latencies add up to more than the wall time)."""
 _MEANS = ("accuracy", "pass_at_1", "majority", "oracle_pass_at_n")
 
 
@@ -574,15 +576,19 @@ class Store:
                     func.sum(R.cached_prompt_tokens),
                     func.sum(R.reward_tokens),
                     func.sum(R.flops),
+                    func.avg(R.seconds),  # placeholder of wall_s, computed below
                     func.avg(R.seconds),
                     func.sum(R.refused_calls),
                 ).where(R.run_id == run_id)
             ).one()
+            spans = s.execute(select(R.created_at, R.seconds).where(R.run_id == run_id)).all()
         totals: dict[str, Any] = {}
         for k, v in zip(TOTAL_KEYS, row, strict=True):
-            if k in _MEANS:
+            if k == "wall_s":
+                totals[k] = round(_wall_seconds(spans), 6)
+            elif k in _MEANS:
                 totals[k] = None if v is None else round(float(v), 6)
-            elif k in ("flops", "seconds_per_problem"):
+            elif k in ("flops", "mean_latency_s"):
                 totals[k] = round(float(v or 0.0), 6)
             else:
                 totals[k] = int(v or 0)
@@ -639,6 +645,16 @@ class Store:
         else:
             raise StoreError(f"unknown export format '{fmt}'; valid choices: jsonl, csv")
         return len(rows)
+
+
+def _wall_seconds(spans: Any) -> float:
+    """Seconds from the first problem's start to the last one's end (a problem is stored
+    when it ends, `seconds` after it started)."""
+    if not spans:
+        return 0.0
+    ends = [end for end, _ in spans]
+    starts = [end.timestamp() - float(seconds or 0.0) for end, seconds in spans]
+    return max(0.0, max(e.timestamp() for e in ends) - min(starts))
 
 
 def _as_rate(column: Any) -> Any:

@@ -137,6 +137,13 @@ CASES: list[Case] = [
         run_case("reward=none", "strategy=beam_search"),
         ["reward", "beam_search"],
     ),
+    Case("run-name-too-long", run_case("run.name=" + "x" * 201), ["run.name", "200"]),
+    Case(
+        "jsonl-id-too-long",
+        jsonl("task.id_field=id"),
+        ["data.jsonl", "row 0", "200"],
+        setup='data:{"id": "' + "i" * 201 + '", "question": "1", "answer": "1"}\n',
+    ),
     Case("task-limit-zero", run_case("task.limit=0"), ["task.limit"]),
     Case("task-limit-text", run_case("task.limit=abc"), ["task.limit"]),
     Case("task-n-problems-zero", run_case("task.n_problems=0"), ["task.n_problems"]),
