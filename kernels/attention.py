@@ -155,6 +155,7 @@ def _level_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_L: tl.constexpr,
     UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     # One program: group g, KV head h, a block of BLOCK_R of the group's rows, one split
     # (positions split*chunk .. (split+1)*chunk) of the group's KV.
@@ -199,13 +200,13 @@ def _level_kernel(
                 k = k.to(tl.float32)
                 v = v.to(tl.float32)
             # base-2 online softmax: s = q.k * scale * log2(e)
-            s = tl.dot(q, tl.trans(k)) * scale_log2
+            s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2
             s = tl.where(p_ok[None, :], s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
             alpha = tl.exp2(m_i - m_new)
             p = tl.exp2(s - m_new[:, None])
             l_i = l_i * alpha + tl.sum(p, 1)
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
             m_i = m_new
         if lo < hi:
             out = acc / l_i[:, None]
@@ -288,6 +289,8 @@ def _partials(
         BLOCK_M=block_m,
         BLOCK_L=block_l,
         UPCAST=dot_upcast(_level_kernel, q.dtype),
+        # fp32 inputs get fp32 products (tensor cores would round them to tf32)
+        PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
     )
     return out, lse
 
