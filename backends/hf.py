@@ -30,16 +30,15 @@ import hashlib
 import random
 import threading
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-from ttc.backends._text import ChatCodec, agree_at_stop, continuation_text, render_problem
+from ttc.backends._text import ChatCodec, render_problem
+from ttc.backends.prefix_cache import PrefixCache
 from ttc.config import BackendConfig, bounded
 from ttc.errors import BackendError
 from ttc.interfaces import Backend
-from ttc.progress import tokens_generated
 from ttc.types import (
     FinishReason,
     GenerateRequest,
@@ -52,13 +51,10 @@ from ttc.types import (
 )
 
 if TYPE_CHECKING:
-    import numpy as np
     import torch
 
     from ttc.backends.models import LoadedModel
-
-KV = list[tuple["torch.Tensor", "torch.Tensor"]]
-"""Per layer (keys, values), each `[batch, kv_heads, seq, head_dim]`."""
+    from ttc.kernels.kv import KV
 
 
 @dataclass
@@ -89,81 +85,6 @@ class HFBackendConfig(BackendConfig):
     trust_remote_code: bool = False
     cache_dir: str | None = None
     """Where converted models live; default $TTC_CACHE_DIR or ~/.cache/ttc."""
-
-
-# -- prefix cache ---------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class _Entry:
-    ids: np.ndarray
-    kv: KV
-
-
-class PrefixCache:
-    """An LRU of per-sequence KV caches, bounded by the total tokens held.
-
-    Lookups return the longest common prefix of a prompt with any entry: the KV of the
-    first `k` tokens of a causal decoder depends only on those tokens, so an entry helps
-    every prompt that starts like it (siblings share their problem prompt; a continued
-    branch shares all of its parent).
-    """
-
-    def __init__(self, max_tokens: int) -> None:
-        self.max_tokens = max_tokens
-        self.tokens = 0
-        self._entries: OrderedDict[tuple[int, ...], _Entry] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def clear(self) -> None:
-        self._entries.clear()
-        self.tokens = 0
-
-    def lookup(self, ids: Sequence[int], *, limit: int) -> tuple[int, KV | None]:
-        """(length, KV views) of the longest held prefix of `ids`, at most `limit` tokens."""
-        import numpy as np
-
-        if not self._entries or limit <= 0:
-            return 0, None
-        query = np.asarray(ids[:limit], dtype=np.int64)
-        best, best_key = 0, None
-        for key, entry in self._entries.items():
-            m = min(len(entry.ids), len(query))
-            if m <= best:
-                continue
-            diff = np.flatnonzero(entry.ids[:m] != query[:m])
-            n = int(diff[0]) if diff.size else m
-            if n > best:
-                best, best_key = n, key
-        if best_key is None:
-            return 0, None
-        self._entries.move_to_end(best_key)
-        kv = [(k[:, :, :best], v[:, :, :best]) for k, v in self._entries[best_key].kv]
-        return best, kv
-
-    def insert(self, ids: tuple[int, ...], kv: KV) -> None:
-        """Hold `kv` (the KV of exactly `ids`); drop entries it makes redundant."""
-        import numpy as np
-
-        n = len(ids)
-        if n == 0 or n > self.max_tokens:
-            return
-        for key in list(self._entries):
-            if len(key) >= n and key[:n] == ids:
-                self._entries.move_to_end(key)  # already covered by a longer entry
-                return
-            if len(key) < n and ids[: len(key)] == key:
-                self._remove(key)
-        self._entries[ids] = _Entry(np.asarray(ids, dtype=np.int64), kv)
-        self.tokens += n
-        while self.tokens > self.max_tokens:
-            self._remove(next(iter(self._entries)))
-
-    def _remove(self, key: tuple[int, ...]) -> None:
-        del self._entries[key]
-        self.tokens -= len(key)
 
 
 # -- decoding state -------------------------------------------------------------------------
@@ -301,9 +222,20 @@ class HFBackend(Backend):
         return self._require_codec().decode(token_ids)
 
     def _continuation(self, prompt: Sequence[int], new: Sequence[int]) -> str:
-        """The text `new` adds after `prompt` (see `continuation_text`)."""
+        """The text `new` adds after `prompt`.
+
+        Decoding `new` alone loses a leading space with SentencePiece-style tokenizers, so
+        decode it behind a few prompt tokens and cut their text off.
+        """
         tok = self._require().tokenizer
-        return continuation_text(tok, prompt, new, special=self._special_ids)
+        tail = [t for t in prompt[-8:] if t not in self._special_ids][-4:]
+        if not tail:
+            return str(tok.decode(list(new), skip_special_tokens=True))
+        head = str(tok.decode(tail, skip_special_tokens=True))
+        full = str(tok.decode([*tail, *new], skip_special_tokens=True))
+        if full.startswith(head):
+            return str(full[len(head) :])
+        return str(tok.decode(list(new), skip_special_tokens=True))
 
     # -- generation -----------------------------------------------------------------------
     def generate_batch(self, requests: Sequence[GenerateRequest]) -> list[GenerateResult]:
@@ -457,6 +389,8 @@ class HFBackend(Backend):
         import torch
         from transformers import DynamicCache
 
+        from ttc.kernels import kv as kvops
+
         hits = [self.prefix_cache.lookup(ids, limit=len(ids) - 1) for ids in prompts]
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]) - hits[i][0])
         groups: list[list[int]] = [[]]
@@ -473,34 +407,20 @@ class HFBackend(Backend):
         for group in groups:
             cached_len = [hits[i][0] for i in group]
             new = [prompts[i][c:] for i, c in zip(group, cached_len, strict=True)]
-            max_c, max_s = max(cached_len), max(len(s) for s in new)
-            b = len(group)
-            input_ids = torch.zeros(b, max_s, dtype=torch.long)
-            mask = torch.zeros(b, max_c + max_s, dtype=torch.long)
-            positions = torch.zeros(b, max_s, dtype=torch.long)
-            for r, (c, s) in enumerate(zip(cached_len, new, strict=True)):
-                input_ids[r, max_s - len(s) :] = torch.tensor(s)
-                mask[r, max_c - c : max_c] = 1
-                mask[r, max_c + max_s - len(s) :] = 1
-                positions[r, max_s - len(s) :] = torch.arange(c, c + len(s))
+            max_c = max(cached_len)
+            input_ids, mask, positions = kvops.left_padded_inputs(cached_len, new)
             cache = DynamicCache()
             if max_c:
                 past = [hits[i][1] for i in group]
-                template = next(kv for kv in past if kv is not None)
-                for layer, (k0, v0) in enumerate(template):
-                    keys = k0.new_zeros(b, k0.shape[1], max_c, k0.shape[3])
-                    values = v0.new_zeros(b, v0.shape[1], max_c, v0.shape[3])
-                    for r, kv in enumerate(past):
-                        if kv is not None:
-                            k, v = kv[layer]
-                            keys[r, :, max_c - k.shape[2] :] = k[0]
-                            values[r, :, max_c - v.shape[2] :] = v[0]
+                for layer, (keys, values) in enumerate(
+                    kvops.stack_left_padded(past, cached_len, max_c)
+                ):
                     cache.update(keys, values, layer)
             out = loaded.model(
                 input_ids=input_ids.to(dev),
                 attention_mask=mask.to(dev),
                 position_ids=positions.to(dev),
-                **cache_kwarg(loaded.model, cache),
+                past_key_values=cache,
                 use_cache=True,
                 logits_to_keep=1,
             )
@@ -508,7 +428,7 @@ class HFBackend(Backend):
             valid = mask.bool()
             for r, i in enumerate(group):
                 logits[i] = last[r]
-                kv_out[i] = _row_kv(cache, r, valid[r].to(dev))
+                kv_out[i] = kvops.row_kv(cache, r, valid[r].to(dev))
                 if self.prefix_cache.max_tokens and cached_len[r] < len(prompts[i]):
                     self.prefix_cache.insert(prompts[i], kv_out[i])  # type: ignore[arg-type]
         stacked = torch.stack([t for t in logits if t is not None])
@@ -527,30 +447,31 @@ class HFBackend(Backend):
         import torch
         from transformers import DynamicCache
 
+        from ttc.kernels import kv as kvops
+        from ttc.kernels.sampling import SamplingParams, draw_uniforms, sample, top_logprobs
+
         dev = loaded.device
         # Fork: left-pad the distinct prompts' KV to one length, then gather one row per
         # sample (the prompt KV is copied, never recomputed).
-        lengths = [kv[0][0].shape[2] for kv in row_kv]
-        width = max(lengths)
-        src = torch.tensor(src_index, device=dev)
+        forked, mask = kvops.fork(row_kv, src_index, dev)
         cache = DynamicCache()
-        for layer, (keys, values) in enumerate(stack_left_padded(row_kv, lengths, width)):
-            cache.update(keys.index_select(0, src), values.index_select(0, src), layer)
-        base_mask = torch.zeros(len(row_kv), width, dtype=torch.long)
-        for r, n in enumerate(lengths):
-            base_mask[r, width - n :] = 1
-        mask = base_mask.to(dev).index_select(0, src)
+        for layer, (keys, values) in enumerate(forked):
+            cache.update(keys, values, layer)
         positions = torch.tensor([len(row.prompt) for row in rows], device=dev)
-        logits = logits.index_select(0, src)
-        params = _SamplingTensors.build(rows, dev)
+        logits = logits.index_select(0, torch.tensor(src_index, device=dev))
+        # The fused sampling kernel on CUDA, its torch reference elsewhere.
+        params = SamplingParams.build([row.sampling for row in rows], dev)
 
         active = list(rows)
         insert_budget = self.prefix_cache.max_tokens
         while True:
-            tokens, token_lps, top = params.sample(logits, [row.generator for row in active])
+            uniforms = draw_uniforms(params, [row.generator for row in active], dev)
+            tokens, token_lps = sample(logits, params, uniforms)
             token_list = tokens.tolist()
-            tokens_generated(len(token_list))  # the live progress line moves per step
             lp_list = token_lps.tolist() if token_lps is not None else None
+            top = None
+            if params.want_logprobs and params.top_logprobs:
+                top = top_logprobs(logits, params.top_logprobs)
             top_rows = _top_rows(top, active)
             keep: list[int] = []
             for i, row in enumerate(active):
@@ -565,7 +486,7 @@ class HFBackend(Backend):
                 fed = len(row.prompt) + len(row.tokens) - 1
                 if row.finish != "eos" and 0 < fed <= insert_budget:
                     insert_budget -= fed
-                    kv = _row_kv(cache, i, mask[i].bool())
+                    kv = kvops.row_kv(cache, i, mask[i].bool())
                     self.prefix_cache.insert((*row.prompt, *row.tokens[:-1]), kv)
             if not keep:
                 return
@@ -576,14 +497,14 @@ class HFBackend(Backend):
                 params = params.select(idx)
                 # Columns that are padding for every remaining row can go.
                 first = int(mask.any(0).nonzero()[0])
-                _keep_rows(cache, idx, first)
+                kvops.keep_rows(cache, idx, first)
                 mask = mask[:, first:]
             mask = torch.cat([mask, mask.new_ones(len(active), 1)], dim=1)
             out = loaded.model(
                 input_ids=tokens.unsqueeze(1),
                 attention_mask=mask,
                 position_ids=positions.unsqueeze(1),
-                **cache_kwarg(loaded.model, cache),
+                past_key_values=cache,
                 use_cache=True,
             )
             positions = positions + 1
@@ -610,43 +531,19 @@ class HFBackend(Backend):
             row.finish = "length"
 
     def _finish(self, row: _Row) -> Generation:
-        ids = tuple(row.tokens)
-        logprobs, top = list(row.logprobs), list(row.top)
         if row.finish == "eos":
             row.text = self._continuation(row.prompt, row.tokens[:-1])
         elif row.finish == "length":
             row.text = self._continuation(row.prompt, row.tokens)
-        elif row.finish == "stop":  # the stop string may end inside the last token
-            tok = self._require().tokenizer
-            ids, row.text, kept = agree_at_stop(
-                row.tokens,
-                row.text,
-                decode=lambda t: self._continuation(row.prompt, t),
-                encode_piece=lambda t: list(tok(t, add_special_tokens=False)["input_ids"]),
-            )
-            logprobs = _realign(logprobs, kept, len(ids), lambda i: 0.0)
-            top = _realign(top, kept, len(ids), lambda i: ((ids[i], 0.0),))
         assert row.finish is not None
         return Generation(
-            token_ids=ids,
+            token_ids=tuple(row.tokens),
             text=row.text,
             finish_reason=row.finish,
-            logprobs=tuple(logprobs) if row.sampling.logprobs else None,
-            top_logprobs=tuple(top) if row.sampling.top_logprobs else None,
+            logprobs=tuple(row.logprobs) if row.sampling.logprobs else None,
+            top_logprobs=tuple(row.top) if row.sampling.top_logprobs else None,
             stop_reason=row.stop_reason,
         )
-
-
-def _realign(values: list[Any], kept: int, total: int, fill: Callable[[int], Any]) -> list[Any]:
-    """Per-token values for ids whose first `kept` were generated and the rest re-encoded
-    (`agree_at_stop`): the cut token's value stays with the first re-encoded id, the
-    others get `fill(position)`."""
-    if not values or (total == len(values) and kept == total):
-        return values
-    out = values[:kept]
-    for i in range(kept, total):
-        out.append(values[kept] if i == kept and kept < len(values) else fill(i))
-    return out
 
 
 def _top_rows(
@@ -664,140 +561,3 @@ def _top_rows(
         )
         for i, r in enumerate(rows)
     ]
-
-
-def cache_kwarg(model: Any, cache: Any) -> dict[str, Any]:
-    """The KV cache as the keyword the model's forward takes: `cache` in transformers
-    releases that renamed `past_key_values` (the old name logs a deprecation warning
-    at every run)."""
-    import inspect
-
-    kind = type(model)
-    name = _CACHE_KWARG.get(kind)
-    if name is None:
-        params = inspect.signature(model.forward).parameters
-        name = "cache" if "cache" in params else "past_key_values"
-        _CACHE_KWARG[kind] = name
-    return {name: cache}
-
-
-_CACHE_KWARG: dict[type, str] = {}
-
-
-def stack_left_padded(row_kv: Sequence[KV | None], lengths: Sequence[int], width: int) -> KV:
-    """One batch KV per layer, `[rows, kv_heads, width, head_dim]`: row r holds the
-    `lengths[r]` positions of `row_kv[r]` right-aligned (left padding is zeros, to be
-    masked); a row without KV stays all padding."""
-    template = next(kv for kv in row_kv if kv is not None)
-    out: KV = []
-    for layer, (k0, v0) in enumerate(template):
-        keys = k0.new_zeros(len(row_kv), k0.shape[1], width, k0.shape[3])
-        values = v0.new_zeros(len(row_kv), v0.shape[1], width, v0.shape[3])
-        for r, kv in enumerate(row_kv):
-            if kv is not None and lengths[r]:
-                keys[r, :, width - lengths[r] :] = kv[layer][0][0]
-                values[r, :, width - lengths[r] :] = kv[layer][1][0]
-        out.append((keys, values))
-    return out
-
-
-def _keep_rows(cache: Any, rows: torch.Tensor, first: int) -> None:
-    """Keep only `rows` of a DynamicCache, and its columns from `first` on."""
-    for layer in cache.layers:
-        layer.keys = layer.keys[rows, :, first:]
-        layer.values = layer.values[rows, :, first:]
-
-
-def _row_kv(cache: Any, row: int, valid: torch.Tensor) -> KV:
-    """A contiguous copy of one row's KV at its non-padding positions, batch size 1."""
-    return [
-        (layer.keys[row : row + 1, :, valid], layer.values[row : row + 1, :, valid])
-        for layer in cache.layers
-    ]
-
-
-@dataclass(slots=True)
-class _SamplingTensors:
-    """Per-row sampling parameters as tensors, so one batch mixes greedy and sampled rows.
-
-    Processing order: temperature, min-p (relative to the top token), top-k, top-p (over
-    the mass top-k and min-p kept). Logprobs are of the unmodified model distribution.
-    """
-
-    temperature: torch.Tensor
-    top_k: torch.Tensor
-    top_p: torch.Tensor
-    min_p: torch.Tensor
-    want_logprobs: bool
-    top_logprobs: int = 0
-    """The most top-k alternatives any row asked for (0: none)."""
-
-    @classmethod
-    def build(cls, rows: list[_Row], device: torch.device) -> _SamplingTensors:
-        import torch
-
-        def col(values: list[float], dtype: torch.dtype) -> torch.Tensor:
-            return torch.tensor(values, dtype=dtype, device=device)
-
-        return cls(
-            temperature=col([r.sampling.temperature for r in rows], torch.float32),
-            top_k=col([r.sampling.top_k for r in rows], torch.long),
-            top_p=col([r.sampling.top_p for r in rows], torch.float32),
-            min_p=col([r.sampling.min_p for r in rows], torch.float32),
-            want_logprobs=any(r.sampling.logprobs for r in rows),
-            top_logprobs=max(
-                (r.sampling.top_logprobs for r in rows if r.sampling.logprobs), default=0
-            ),
-        )
-
-    def select(self, idx: torch.Tensor) -> _SamplingTensors:
-        return _SamplingTensors(
-            self.temperature[idx], self.top_k[idx], self.top_p[idx], self.min_p[idx],
-            self.want_logprobs, self.top_logprobs,
-        )  # fmt: skip
-
-    def sample(
-        self, logits: torch.Tensor, generators: list[torch.Generator]
-    ) -> tuple[torch.Tensor, torch.Tensor | None, tuple[torch.Tensor, torch.Tensor] | None]:
-        """Next token per row, its model logprob when any row asked for logprobs, and the
-        top-k (logprobs, ids) of the model's distribution when any row asked for those."""
-        import torch
-
-        tokens = logits.argmax(-1)
-        sampled = (self.temperature > 0).nonzero().squeeze(1)
-        if sampled.numel():
-            vocab = logits.shape[-1]
-            probs = torch.softmax(logits[sampled] / self.temperature[sampled, None], dim=-1)
-            min_p = self.min_p[sampled, None]
-            if bool((min_p > 0).any()):
-                probs = probs.masked_fill(probs < min_p * probs.amax(-1, keepdim=True), 0.0)
-            top_k, top_p = self.top_k[sampled, None], self.top_p[sampled, None]
-            order = None
-            if bool((top_k > 0).any() or (top_p < 1).any()):
-                probs, order = probs.sort(-1, descending=True)
-                ranks = torch.arange(vocab, device=probs.device)
-                probs = probs.masked_fill((top_k > 0) & (ranks >= top_k), 0.0)
-                cum = probs.cumsum(-1)
-                # Drop a token once the mass before it already reaches top_p (the top
-                # token always stays).
-                probs = probs.masked_fill(cum - probs >= top_p * cum[:, -1:], 0.0)
-            cum = probs.cumsum(-1)
-            # Inverse-CDF sampling with one uniform per row from the row's own generator:
-            # a seeded sample draws the same numbers whatever batch it is in.
-            u = torch.tensor(
-                [float(torch.rand((), generator=generators[i])) for i in sampled.tolist()],
-                device=probs.device,
-            )
-            pick = torch.searchsorted(cum, (u * cum[:, -1]).unsqueeze(1), right=True)
-            pick = pick.clamp_(max=vocab - 1)
-            if order is not None:
-                pick = order.gather(1, pick)
-            tokens[sampled] = pick.squeeze(1)
-        logprobs = top = None
-        if self.want_logprobs:
-            lsm = torch.log_softmax(logits, dim=-1)
-            logprobs = lsm.gather(1, tokens.unsqueeze(1)).squeeze(1)
-            if self.top_logprobs:
-                values, ids = lsm.topk(min(self.top_logprobs, lsm.shape[-1]), dim=-1)
-                top = (values, ids)
-        return tokens, logprobs, top

@@ -36,11 +36,16 @@ from ._dispatch import Impl, use_triton
 
 
 class _RowSampling(Protocol):
-    temperature: float
-    top_k: int
-    top_p: float
-    min_p: float
-    logprobs: bool
+    @property
+    def temperature(self) -> float: ...
+    @property
+    def top_k(self) -> int: ...
+    @property
+    def top_p(self) -> float: ...
+    @property
+    def min_p(self) -> float: ...
+    @property
+    def logprobs(self) -> bool: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +58,8 @@ class SamplingParams:
     min_p: torch.Tensor
     want_logprobs: bool
     """Whether to compute logprobs at all (any row asked for them)."""
+    top_logprobs: int = 0
+    """The most top-k alternatives (`top_logprobs`) any row with logprobs asked for."""
 
     @classmethod
     def build(cls, rows: Sequence[_RowSampling], device: torch.device | str) -> SamplingParams:
@@ -68,13 +75,16 @@ class SamplingParams:
             top_p=col([r.top_p for r in rows], torch.float32),
             min_p=col([r.min_p for r in rows], torch.float32),
             want_logprobs=any(r.logprobs for r in rows),
+            top_logprobs=max(
+                (getattr(r, "top_logprobs", 0) for r in rows if r.logprobs), default=0
+            ),
         )
 
     def select(self, idx: torch.Tensor) -> SamplingParams:
         """The parameters of rows `idx`."""
         return SamplingParams(
             self.temperature[idx], self.top_k[idx], self.top_p[idx], self.min_p[idx],
-            self.want_logprobs,
+            self.want_logprobs, self.top_logprobs,
         )  # fmt: skip
 
 
@@ -153,6 +163,15 @@ def reference(
         lsm = torch.log_softmax(logits, dim=-1)
         logprobs = lsm.gather(1, tokens.unsqueeze(1)).squeeze(1)
     return tokens, logprobs
+
+
+def top_logprobs(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The `k` most likely tokens of each row's model distribution: `(logprobs, ids)`,
+    each `[rows, k]`, in descending order. torch only: `topk` over `log_softmax` is
+    already a single fused pass on either device."""
+    lsm = torch.log_softmax(logits, dim=-1)
+    values, ids = lsm.topk(min(k, lsm.shape[-1]), dim=-1)
+    return values, ids
 
 
 def distribution(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:

@@ -276,7 +276,7 @@ class ProcessRewardModel(RewardModel):
 
         self._arch = architecture_of(model.config, model)
         self.device = next(model.parameters()).device
-        from ttc.backends.hf import PrefixCache
+        from ttc.backends.prefix_cache import PrefixCache
 
         self.prefix_cache = PrefixCache(self.config.prefix_cache_tokens)
 
@@ -380,27 +380,18 @@ class ProcessRewardModel(RewardModel):
         """Last hidden states of each row's new tokens (`[new, hidden]`) and each row's
         full KV; rows are `(ids, cached length, cached KV)`, laid out
         `[pad, cached KV, pad, new tokens]`."""
-        import torch
         from transformers import DynamicCache
 
+        from ttc.kernels import kv as kvops
+
         dev = self.device
-        b = len(rows)
         new = [ids[c:] for ids, c, _ in rows]
-        max_c = max(c for _, c, _ in rows)
-        max_s = max(len(s) for s in new)
-        input_ids = torch.zeros(b, max_s, dtype=torch.long)
-        mask = torch.zeros(b, max_c + max_s, dtype=torch.long)
-        positions = torch.zeros(b, max_s, dtype=torch.long)
-        for r, ((_, c, _), s) in enumerate(zip(rows, new, strict=True)):
-            input_ids[r, max_s - len(s) :] = torch.tensor(s)
-            mask[r, max_c - c : max_c] = 1
-            mask[r, max_c + max_s - len(s) :] = 1
-            positions[r, max_s - len(s) :] = torch.arange(c, c + len(s))
+        cached = [c for _, c, _ in rows]
+        max_c, max_s = max(cached), max(len(s) for s in new)
+        input_ids, mask, positions = kvops.left_padded_inputs(cached, new)
         cache = DynamicCache()
         if max_c:
-            from ttc.backends.hf import stack_left_padded
-
-            held = stack_left_padded([kv for _, _, kv in rows], [c for _, c, _ in rows], max_c)
+            held = kvops.stack_left_padded([kv for _, _, kv in rows], cached, max_c)
             for layer, (keys, values) in enumerate(held):
                 cache.update(keys, values, layer)
         out = self.base(
@@ -412,16 +403,8 @@ class ProcessRewardModel(RewardModel):
         )
         hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
         valid = mask.bool().to(dev)
-        layers: list[Any] = list(cache.layers)
-        hs, kvs = [], []
-        for r, s in enumerate(new):
-            hs.append(hidden[r, max_s - len(s) :])
-            kvs.append(
-                [
-                    (layer.keys[r : r + 1, :, valid[r]], layer.values[r : r + 1, :, valid[r]])
-                    for layer in layers
-                ]
-            )
+        hs = [hidden[r, max_s - len(s) :] for r, s in enumerate(new)]
+        kvs = [kvops.row_kv(cache, r, valid[r]) for r in range(len(rows))]
         return hs, kvs
 
     def _read(self, hidden: torch.Tensor) -> list[float]:
