@@ -78,6 +78,19 @@ class HFBackendConfig(BackendConfig):
     prefix_cache_tokens: int = bounded(
         8192, ge=0, help="tokens of KV the prefix cache holds (0 disables it)"
     )
+    attention: str = bounded(
+        "auto",
+        choices=["auto", "cascade", "plain"],
+        help="decode attention: cascade reads a prompt's KV once for all its samples "
+        "(ttc.kernels.attention), plain forks it into every row; auto: cascade on CUDA "
+        "for models that support it",
+    )
+    kernels: str = bounded(
+        "auto",
+        choices=["auto", "reference", "triton"],
+        help="ttc.kernels paths: auto (Triton on CUDA, torch reference elsewhere), or one "
+        "of them everywhere (triton on CPU needs TRITON_INTERPRET=1)",
+    )
     seed: int = 0
     """Seeds the per-sample seeds of requests whose sampling has no seed."""
     system_prompt: str | None = None
@@ -445,18 +458,23 @@ class HFBackend(Backend):
     ) -> None:
         """Sample every row to completion; rows leave the batch as they finish."""
         import torch
-        from transformers import DynamicCache
 
-        from ttc.kernels import kv as kvops
+        from ttc.backends.decode_kv import CascadeKV, ForkedKV
         from ttc.kernels.sampling import SamplingParams, draw_uniforms, sample, top_logprobs
 
         dev = loaded.device
-        # Fork: left-pad the distinct prompts' KV to one length, then gather one row per
-        # sample (the prompt KV is copied, never recomputed).
-        forked, mask = kvops.fork(row_kv, src_index, dev)
-        cache = DynamicCache()
-        for layer, (keys, values) in enumerate(forked):
-            cache.update(keys, values, layer)
+        impl = self.config.kernels
+        kv: ForkedKV | CascadeKV
+        if self._cascade(loaded):
+            # Each prompt's KV once, its samples' rows next to each other.
+            order = sorted(range(len(rows)), key=lambda r: src_index[r])
+            rows = [rows[r] for r in order]
+            src_index = [src_index[r] for r in order]
+            kv = CascadeKV(row_kv, src_index, dev, impl=impl)
+        else:
+            # Fork: left-pad the distinct prompts' KV to one length, then gather one row
+            # per sample (the prompt KV is copied, never recomputed).
+            kv = ForkedKV(row_kv, src_index, dev)
         positions = torch.tensor([len(row.prompt) for row in rows], device=dev)
         logits = logits.index_select(0, torch.tensor(src_index, device=dev))
         # The fused sampling kernel on CUDA, its torch reference elsewhere.
@@ -466,7 +484,7 @@ class HFBackend(Backend):
         insert_budget = self.prefix_cache.max_tokens
         while True:
             uniforms = draw_uniforms(params, [row.generator for row in active], dev)
-            tokens, token_lps = sample(logits, params, uniforms)
+            tokens, token_lps = sample(logits, params, uniforms, impl=impl)  # type: ignore[arg-type]
             token_list = tokens.tolist()
             lp_list = token_lps.tolist() if token_lps is not None else None
             top = None
@@ -486,29 +504,33 @@ class HFBackend(Backend):
                 fed = len(row.prompt) + len(row.tokens) - 1
                 if row.finish != "eos" and 0 < fed <= insert_budget:
                     insert_budget -= fed
-                    kv = kvops.row_kv(cache, i, mask[i].bool())
-                    self.prefix_cache.insert((*row.prompt, *row.tokens[:-1]), kv)
+                    self.prefix_cache.insert((*row.prompt, *row.tokens[:-1]), kv.row_kv(i))
             if not keep:
                 return
             if len(keep) < len(active):
                 idx = torch.tensor(keep, device=dev)
                 active = [active[i] for i in keep]
-                mask, positions, tokens = mask[idx], positions[idx], tokens[idx]
+                positions, tokens = positions[idx], tokens[idx]
                 params = params.select(idx)
-                # Columns that are padding for every remaining row can go.
-                first = int(mask.any(0).nonzero()[0])
-                kvops.keep_rows(cache, idx, first)
-                mask = mask[:, first:]
-            mask = torch.cat([mask, mask.new_ones(len(active), 1)], dim=1)
-            out = loaded.model(
-                input_ids=tokens.unsqueeze(1),
-                attention_mask=mask,
-                position_ids=positions.unsqueeze(1),
-                past_key_values=cache,
-                use_cache=True,
-            )
+                kv.keep(idx)
+            logits = kv.step(loaded.model, tokens, positions)
             positions = positions + 1
-            logits = out.logits[:, -1, :].float()
+
+    def _cascade(self, loaded: LoadedModel) -> bool:
+        """Whether decoding uses the shared-prefix attention (see `attention`)."""
+        from ttc.backends.decode_kv import supports_cascade
+
+        mode = self.config.attention
+        if mode == "plain":
+            return False
+        ok = supports_cascade(loaded.model)
+        if mode == "cascade" and not ok:
+            raise BackendError(
+                "backend.attention=cascade needs a model whose layers all attend to the "
+                "whole context through transformers' attention interface",
+                hint="use backend.attention=auto or plain for this model",
+            )
+        return ok and (mode == "cascade" or loaded.device.type == "cuda")
 
     def _advance(self, row: _Row, token: int, logprob: float | None) -> None:
         row.tokens.append(token)
