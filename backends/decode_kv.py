@@ -63,12 +63,14 @@ class ForkedKV:
         self.mask = self.mask[:, first:]
 
     def step(self, model: Any, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        from ttc.backends.hf import cache_kwarg
+
         self.mask = torch.cat([self.mask, self.mask.new_ones(len(tokens), 1)], dim=1)
         out = model(
             input_ids=tokens.unsqueeze(1),
             attention_mask=self.mask,
             position_ids=positions.unsqueeze(1),
-            past_key_values=self.cache,
+            **cache_kwarg(model, self.cache),
             use_cache=True,
         )
         return out.logits[:, -1, :].float()
@@ -140,6 +142,8 @@ class CascadeKV:
         self.suffix = [None if s is None else (s[0][idx], s[1][idx]) for s in self.suffix]
 
     def step(self, model: Any, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        from ttc.backends.hf import cache_kwarg
+
         register_attention()
         cfg = model.config
         before = cfg._attn_implementation
@@ -148,7 +152,7 @@ class CascadeKV:
             out = model(
                 input_ids=tokens.unsqueeze(1),
                 position_ids=positions.unsqueeze(1),
-                past_key_values=self,
+                **cache_kwarg(model, self),
                 use_cache=True,
                 ttc_cascade=self,
             )

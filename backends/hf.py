@@ -30,15 +30,16 @@ import hashlib
 import random
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from ttc.backends._text import ChatCodec, render_problem
+from ttc.backends._text import ChatCodec, agree_at_stop, continuation_text, render_problem
 from ttc.backends.prefix_cache import PrefixCache
 from ttc.config import BackendConfig, bounded
 from ttc.errors import BackendError
 from ttc.interfaces import Backend
+from ttc.progress import tokens_generated
 from ttc.types import (
     FinishReason,
     GenerateRequest,
@@ -235,20 +236,9 @@ class HFBackend(Backend):
         return self._require_codec().decode(token_ids)
 
     def _continuation(self, prompt: Sequence[int], new: Sequence[int]) -> str:
-        """The text `new` adds after `prompt`.
-
-        Decoding `new` alone loses a leading space with SentencePiece-style tokenizers, so
-        decode it behind a few prompt tokens and cut their text off.
-        """
+        """The text `new` adds after `prompt` (see `continuation_text`)."""
         tok = self._require().tokenizer
-        tail = [t for t in prompt[-8:] if t not in self._special_ids][-4:]
-        if not tail:
-            return str(tok.decode(list(new), skip_special_tokens=True))
-        head = str(tok.decode(tail, skip_special_tokens=True))
-        full = str(tok.decode([*tail, *new], skip_special_tokens=True))
-        if full.startswith(head):
-            return str(full[len(head) :])
-        return str(tok.decode(list(new), skip_special_tokens=True))
+        return continuation_text(tok, prompt, new, special=self._special_ids)
 
     # -- generation -----------------------------------------------------------------------
     def generate_batch(self, requests: Sequence[GenerateRequest]) -> list[GenerateResult]:
@@ -433,7 +423,7 @@ class HFBackend(Backend):
                 input_ids=input_ids.to(dev),
                 attention_mask=mask.to(dev),
                 position_ids=positions.to(dev),
-                past_key_values=cache,
+                **cache_kwarg(loaded.model, cache),
                 use_cache=True,
                 logits_to_keep=1,
             )
@@ -486,6 +476,7 @@ class HFBackend(Backend):
             uniforms = draw_uniforms(params, [row.generator for row in active], dev)
             tokens, token_lps = sample(logits, params, uniforms, impl=impl)  # type: ignore[arg-type]
             token_list = tokens.tolist()
+            tokens_generated(len(token_list))  # the live progress line moves per step
             lp_list = token_lps.tolist() if token_lps is not None else None
             top = None
             if params.want_logprobs and params.top_logprobs:
@@ -553,19 +544,43 @@ class HFBackend(Backend):
             row.finish = "length"
 
     def _finish(self, row: _Row) -> Generation:
+        ids = tuple(row.tokens)
+        logprobs, top = list(row.logprobs), list(row.top)
         if row.finish == "eos":
             row.text = self._continuation(row.prompt, row.tokens[:-1])
         elif row.finish == "length":
             row.text = self._continuation(row.prompt, row.tokens)
+        elif row.finish == "stop":  # the stop string may end inside the last token
+            tok = self._require().tokenizer
+            ids, row.text, kept = agree_at_stop(
+                row.tokens,
+                row.text,
+                decode=lambda t: self._continuation(row.prompt, t),
+                encode_piece=lambda t: list(tok(t, add_special_tokens=False)["input_ids"]),
+            )
+            logprobs = _realign(logprobs, kept, len(ids), lambda i: 0.0)
+            top = _realign(top, kept, len(ids), lambda i: ((ids[i], 0.0),))
         assert row.finish is not None
         return Generation(
-            token_ids=tuple(row.tokens),
+            token_ids=ids,
             text=row.text,
             finish_reason=row.finish,
-            logprobs=tuple(row.logprobs) if row.sampling.logprobs else None,
-            top_logprobs=tuple(row.top) if row.sampling.top_logprobs else None,
+            logprobs=tuple(logprobs) if row.sampling.logprobs else None,
+            top_logprobs=tuple(top) if row.sampling.top_logprobs else None,
             stop_reason=row.stop_reason,
         )
+
+
+def _realign(values: list[Any], kept: int, total: int, fill: Callable[[int], Any]) -> list[Any]:
+    """Per-token values for ids whose first `kept` were generated and the rest re-encoded
+    (`agree_at_stop`): the cut token's value stays with the first re-encoded id, the
+    others get `fill(position)`."""
+    if not values or (total == len(values) and kept == total):
+        return values
+    out = values[:kept]
+    for i in range(kept, total):
+        out.append(values[kept] if i == kept and kept < len(values) else fill(i))
+    return out
 
 
 def _top_rows(
@@ -583,3 +598,21 @@ def _top_rows(
         )
         for i, r in enumerate(rows)
     ]
+
+
+def cache_kwarg(model: Any, cache: Any) -> dict[str, Any]:
+    """The KV cache as the keyword the model's forward takes: `cache` in transformers
+    releases that renamed `past_key_values` (the old name logs a deprecation warning
+    at every run)."""
+    import inspect
+
+    kind = type(model)
+    name = _CACHE_KWARG.get(kind)
+    if name is None:
+        params = inspect.signature(model.forward).parameters
+        name = "cache" if "cache" in params else "past_key_values"
+        _CACHE_KWARG[kind] = name
+    return {name: cache}
+
+
+_CACHE_KWARG: dict[type, str] = {}
