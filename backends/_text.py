@@ -219,3 +219,15 @@ def agree_at_stop(
     if decode(fixed) == text:
         return fixed, text, k
     return ids, decode(ids), len(ids)
+
+
+def realign(values: list[Any], kept: int, total: int, fill: Callable[[int], Any]) -> list[Any]:
+    """Per-token values for ids whose first `kept` were generated and the rest re-encoded
+    (`agree_at_stop`): the cut token's value stays with the first re-encoded id, the
+    others get `fill(position)`."""
+    if not values or (total == len(values) and kept == total):
+        return values
+    out = values[:kept]
+    for i in range(kept, total):
+        out.append(values[kept] if i == kept and kept < len(values) else fill(i))
+    return out

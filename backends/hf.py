@@ -30,11 +30,17 @@ import hashlib
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ttc.backends._text import ChatCodec, agree_at_stop, continuation_text, render_problem
+from ttc.backends._text import (
+    ChatCodec,
+    agree_at_stop,
+    continuation_text,
+    realign,
+    render_problem,
+)
 from ttc.backends.prefix_cache import PrefixCache
 from ttc.config import BackendConfig, bounded
 from ttc.errors import BackendError
@@ -558,8 +564,8 @@ class HFBackend(Backend):
                 decode=lambda t: self._continuation(row.prompt, t),
                 encode_piece=lambda t: list(tok(t, add_special_tokens=False)["input_ids"]),
             )
-            logprobs = _realign(logprobs, kept, len(ids), lambda i: 0.0)
-            top = _realign(top, kept, len(ids), lambda i: ((ids[i], 0.0),))
+            logprobs = realign(logprobs, kept, len(ids), lambda i: 0.0)
+            top = realign(top, kept, len(ids), lambda i: ((ids[i], 0.0),))
         assert row.finish is not None
         return Generation(
             token_ids=ids,
@@ -569,18 +575,6 @@ class HFBackend(Backend):
             top_logprobs=tuple(top) if row.sampling.top_logprobs else None,
             stop_reason=row.stop_reason,
         )
-
-
-def _realign(values: list[Any], kept: int, total: int, fill: Callable[[int], Any]) -> list[Any]:
-    """Per-token values for ids whose first `kept` were generated and the rest re-encoded
-    (`agree_at_stop`): the cut token's value stays with the first re-encoded id, the
-    others get `fill(position)`."""
-    if not values or (total == len(values) and kept == total):
-        return values
-    out = values[:kept]
-    for i in range(kept, total):
-        out.append(values[kept] if i == kept and kept < len(values) else fill(i))
-    return out
 
 
 def _top_rows(

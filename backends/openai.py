@@ -14,6 +14,9 @@ batches them continuously, and a semaphore bounds how many are in flight.
   the stop string is then appended by the backend when it can tell which one matched
   (`stop_reason`, or the text ending with it). A server that strips it and does not say
   which matched cannot be told from an end-of-sequence: that generation counts as `eos`.
+- A stop string that ends inside a token (vLLM keeps that token in `token_ids` while it
+  cuts the text) is read as the other backends read it: ids and text agree
+  (`agree_at_stop`, decoding in context with the codec).
 - Failures are never silent: 429s, 5xx answers, timeouts and broken connections are
   retried with exponential backoff and full jitter (honouring `Retry-After`), up to
   `max_attempts`; every failed attempt is logged (logger `ttc.backends.openai`) and counted
@@ -40,7 +43,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -49,8 +52,11 @@ from ttc.backends._text import (
     ChatCodec,
     Codec,
     CodecBackend,
+    agree_at_stop,
+    continuation_text,
     plain_prompt,
     problem_messages,
+    realign,
 )
 from ttc.config import BackendConfig, bounded
 from ttc.errors import BackendError, ConfigError
@@ -365,6 +371,25 @@ class OpenAIBackend(CodecBackend, Backend):
         return self._arch
 
     # -- text -----------------------------------------------------------------------------
+    def _continuation_text(self, prompt: Sequence[int], new: Sequence[int]) -> str:
+        """The text generated ids `new` add after `prompt`, decoded in context (a leading
+        space survives): the local tokenizer's `continuation_text`, else the server's
+        /detokenize of a few prompt tokens with and without `new`. Byte ids have no
+        context to decode in."""
+        codec = self._require_codec()
+        if isinstance(codec, ChatCodec):
+            tok = codec.tokenizer
+            special = frozenset(int(i) for i in tok.all_special_ids)
+            return continuation_text(tok, prompt, new, special=special)
+        if isinstance(codec, ServerCodec):
+            tail = [int(t) for t in prompt[-4:] if t != codec.bos]
+            if tail:
+                head = codec.decode(tail)
+                full = codec.decode([*tail, *new])
+                if full.startswith(head):
+                    return full[len(head) :]
+        return codec.decode(new)
+
     def _continuation_ids(self, text: str) -> list[int]:
         """Ids of generated text when the server did not return them (a re-encoding)."""
         codec = self._require_codec()
@@ -485,7 +510,14 @@ class OpenAIBackend(CodecBackend, Backend):
                 f"the server returned {len(choices)} choices for n={s.n}",
                 hint="the server may not support n > 1; use a strategy with n=1 per call",
             )
-        gens = tuple(self._generation(c, s) for c in choices)
+        prompt_ids: list[int] = []
+
+        def prompt() -> Sequence[int]:  # encoded once, only when a stop needs it
+            if not prompt_ids:
+                prompt_ids.extend(request.prompt_token_ids or self.encode(request.prompt))
+            return prompt_ids
+
+        gens = tuple(self._generation(c, s, prompt=prompt) for c in choices)
         usage = answer.get("usage") or {}
         details = usage.get("prompt_tokens_details") or {}
         prompt_tokens = usage.get("prompt_tokens")
@@ -505,7 +537,9 @@ class OpenAIBackend(CodecBackend, Backend):
             ),
         )
 
-    def _generation(self, choice: dict[str, Any], s: Sampling) -> Generation:
+    def _generation(
+        self, choice: dict[str, Any], s: Sampling, *, prompt: Callable[[], Sequence[int]]
+    ) -> Generation:
         text = str(choice.get("text") or "")
         raw_finish = choice.get("finish_reason")
         stop_reason = choice.get("stop_reason")
@@ -539,6 +573,21 @@ class OpenAIBackend(CodecBackend, Backend):
             if rows is None:
                 raise BackendError("top logprobs were requested but the server returned none")
             top = tuple(self._alternatives(row or {}, s.top_logprobs) for row in rows)
+        if reason == "stop" and ids is not None and not isinstance(self._codec, ByteCodec):
+            # The server cut the text after the stop string but may keep the token it
+            # ends inside (vLLM does): make the ids spell the text (`agree_at_stop`).
+            token_ids, text, kept = agree_at_stop(
+                token_ids,
+                text,
+                decode=lambda t: self._continuation_text(prompt(), t),
+                encode_piece=self._continuation_ids,
+            )
+            if logprobs is not None:
+                logprobs = tuple(realign(list(logprobs), kept, len(token_ids), lambda i: 0.0))
+            if top is not None:
+                top = tuple(
+                    realign(list(top), kept, len(token_ids), lambda i: ((token_ids[i], 0.0),))
+                )
         return Generation(
             token_ids=token_ids,
             text=text,

@@ -6,12 +6,16 @@ parts of vLLM's API the backend uses: `/v1/models`, `/v1/completions`, `/tokeniz
 synthetic task, graded) goes through it. It fails chosen attempts with 429s, 500s and
 responses slower than the client's timeout. `openai_style=True` makes it behave like a
 hosted API: no tokenizer endpoints, no token ids, stop strings trimmed, no `stop_reason`.
+`merges=("\nS", ...)` adds multi-character tokens to its vocabulary (ids from 1000; other
+characters are their code points), and it stops as vLLM does: the text is cut right after
+the stop string, the token the stop string ends inside stays whole in `token_ids`.
 The real-server tests live in test_vllm.py (slow).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import logging
@@ -47,8 +51,12 @@ class FakeServer:
     completes within four attempts.
     """
 
-    def __init__(self, *, openai_style: bool = False, delay_s: float = 0.0) -> None:
+    def __init__(
+        self, *, openai_style: bool = False, delay_s: float = 0.0, merges: tuple[str, ...] = ()
+    ) -> None:
         self.openai_style = openai_style
+        self.merges = {piece: 1000 + i for i, piece in enumerate(merges)}
+        self.pieces = {i: piece for piece, i in self.merges.items()}
         self.delay_s = delay_s
         self.slow_s = 0.6
         self.scripted = ScriptedBackend(ScriptedBackendConfig(steps=2, p_correct=0.7))
@@ -85,6 +93,39 @@ class FakeServer:
     def __exit__(self, *exc: object) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+    # -- the vocabulary -------------------------------------------------------------------
+    def tokens(self, text: str) -> list[int]:
+        """Greedy longest match over the merges, else one id per character."""
+        out, i = [], 0
+        while i < len(text):
+            piece = max((m for m in self.merges if text.startswith(m, i)), key=len, default="")
+            out.append(self.merges[piece] if piece else ord(text[i]))
+            i += max(len(piece), 1)
+        return out
+
+    def text(self, ids: list[int]) -> str:
+        return "".join(self.pieces.get(t) or chr(t) for t in ids)
+
+    def stop_as_vllm(self, req: GenerateRequest) -> list[tuple[str, list[int]]]:
+        """Each sample's (text, token ids) as vLLM stops: the whole solution is decoded
+        token by token; at the first token whose text completes a stop string the text is
+        cut right after it and that token is kept."""
+        whole = self.scripted._generate(
+            GenerateRequest(req.prompt, None, dataclasses.replace(req.sampling, stop=()))
+        )
+        out = []
+        for g in whole.generations:
+            ids = self.tokens(g.text)
+            for k in range(1, len(ids) + 1):
+                seen = self.text(ids[:k])
+                ends = [seen.find(st) + len(st) for st in req.sampling.stop if st in seen]
+                if ends:
+                    out.append((seen[: min(ends)], ids[:k]))
+                    break
+            else:
+                out.append((g.text, ids))
+        return out
 
     # -- the API --------------------------------------------------------------------------
     def judge(self, text: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -129,7 +170,7 @@ class FakeServer:
 
     def completions(self, body: dict[str, Any]) -> dict[str, Any]:
         prompt = body["prompt"]
-        text = prompt if isinstance(prompt, str) else "".join(chr(t) for t in prompt)
+        text = prompt if isinstance(prompt, str) else self.text(prompt)
         if "Answer Yes or No." in text:
             return self.judge(text, body)
         stop = tuple(body.get("stop") or ())
@@ -145,9 +186,11 @@ class FakeServer:
             ),
         )
         result = self.scripted._generate(req)
+        as_vllm = self.stop_as_vllm(req) if self.merges else None
         with self.lock:  # a prefix cache: the longest prefix shared with an earlier prompt
             cached = max((_common(text, p) for p in self.seen_prompts), default=0)
             self.seen_prompts.append(text)
+        cached = min(len(self.tokens(text[:cached])), len(self.tokens(text)))
         choices = []
         for i, g in enumerate(result.generations):
             out = g.text
@@ -164,6 +207,12 @@ class FakeServer:
                 choice["stop_reason"] = g.stop_reason
                 if body.get("return_token_ids"):
                     choice["token_ids"] = list(g.token_ids)
+            if as_vllm is not None:
+                choice["text"], ids = as_vllm[i]
+                if "token_ids" in choice:
+                    choice["token_ids"] = ids
+                if g.logprobs:
+                    choice["logprobs"] = {"token_logprobs": [-0.1] * len(ids)}
             choices.append(choice)
         # Reversed on purpose: the backend must order choices by index.
         return {
@@ -172,8 +221,12 @@ class FakeServer:
             "model": body["model"],
             "choices": choices[::-1],
             "usage": {
-                "prompt_tokens": len(text),
-                "completion_tokens": result.usage.completion_tokens,
+                "prompt_tokens": len(self.tokens(text)),
+                "completion_tokens": (
+                    sum(len(ids) for _, ids in as_vllm)
+                    if as_vllm is not None
+                    else result.usage.completion_tokens
+                ),
                 "prompt_tokens_details": {"cached_tokens": cached},
             },
         }
@@ -183,7 +236,8 @@ class FakeServer:
             text = body["messages"][-1]["content"] + "\n" + PROMPT_END
         else:
             text = body["prompt"]
-        return {"tokens": [ord(c) for c in text], "count": len(text)}
+        ids = self.tokens(text)
+        return {"tokens": ids, "count": len(ids)}
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         server = self
@@ -222,7 +276,7 @@ class FakeServer:
                     elif self.path == "/tokenize":
                         self._send(200, server.tokenize(body))
                     else:
-                        self._send(200, {"prompt": "".join(chr(t) for t in body["tokens"])})
+                        self._send(200, {"prompt": server.text(body["tokens"])})
                     return
                 if self.path != "/v1/completions":
                     self._send(404, {"error": "not found"})
@@ -336,6 +390,37 @@ def test_generations_usage_and_server_tokenizer(server: FakeServer) -> None:
     assert u1.cached_prompt_tokens == 0
     assert u2.cached_prompt_tokens == u2.prompt_tokens  # read from prompt_tokens_details
     assert u1.completion_tokens == sum(len(g.token_ids) for g in first.generations)
+
+
+@pytest.mark.parametrize("prompt_token_ids", [False, True])
+def test_a_stop_string_ending_inside_a_token_leaves_text_and_tokens_agreeing(
+    prompt_token_ids: bool,
+) -> None:
+    """The server's vocabulary has a "\nS" token, so "Step 1: ok.\n\nStep 2" tokenizes
+    as ... "\n", "\nS" ... and the "\n\n" stop ends inside "\nS": the server cuts the
+    text after the stop string and keeps that token (as vLLM does). The backend's ids must
+    spell its text (the cut token's head re-encoded), with one logprob per id."""
+    with FakeServer(merges=("\nS", "ok", "Step")) as srv:
+        srv.plan = lambda body: []
+
+        async def go(b: OpenAIBackend) -> Any:
+            prompt = b.render(Problem(id="p", prompt="Problem 1 answer=42"))
+            ids = tuple(b.encode(prompt))
+            s = Sampling(n=3, max_tokens=200, stop=("\n\n",), seed=5, logprobs=True)
+            result = await b.agenerate(GenerateRequest(prompt, ids, s))
+            return result, [b.decode(g.token_ids) for g in result.generations]
+
+        cfg = _config(srv, prompt_token_ids=prompt_token_ids)
+        result, decoded = _run(_with_backend(cfg, go))
+    assert srv.bodies and all(body["return_token_ids"] for body in srv.bodies)
+    for g, text in zip(result.generations, decoded, strict=True):
+        assert g.finish_reason == "stop" and g.stop_reason == "\n\n"
+        assert g.text.startswith("Step 1: ") and g.text.endswith(".\n\n")
+        assert text == g.text  # the ids spell the text: no "S" of the next step
+        assert g.token_ids[0] == 1002  # the server's own ids kept ("Step" is one)
+        assert g.token_ids[-2:] == (ord("\n"), ord("\n"))  # "\nS" cut to its head
+        assert g.logprobs is not None and len(g.logprobs) == len(g.token_ids)
+    assert result.usage.completion_tokens == sum(len(g.token_ids) for g in result.generations)
 
 
 def test_token_id_prompts_when_configured(server: FakeServer) -> None:
