@@ -36,6 +36,7 @@ def register_strategies(register: Callable[..., None]) -> None:
     from ttc.strategies.dvts import Dvts, DvtsConfig
     from ttc.strategies.particle_filter import ParticleFilter, ParticleFilterConfig
     from ttc.strategies.particle_gibbs import ParticleGibbs, ParticleGibbsConfig
+    from ttc.strategies.rebase import Rebase, RebaseConfig
     from ttc.strategies.self_consistency import SelfConsistency, SelfConsistencyConfig
 
     register(BestOfN, BestOfNConfig)
@@ -47,6 +48,7 @@ def register_strategies(register: Callable[..., None]) -> None:
     register(ParticleGibbs, ParticleGibbsConfig)
     register(AStar, AStarConfig)
     register(AdaptiveConsistency, AdaptiveConsistencyConfig)
+    register(Rebase, RebaseConfig)
 
 
 @ttc.hookimpl

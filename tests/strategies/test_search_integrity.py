@@ -14,6 +14,7 @@ from ttc.strategies.beam_search import BeamSearch, BeamSearchConfig
 from ttc.strategies.best_of_n import BestOfN, BestOfNConfig
 from ttc.strategies.particle_filter import ParticleFilter, ParticleFilterConfig
 from ttc.strategies.particle_gibbs import ParticleGibbs, ParticleGibbsConfig
+from ttc.strategies.rebase import Rebase, RebaseConfig
 from ttc.types import Branch, Sampling
 
 # Right solutions take 2 steps; a wrong turn takes a detour of 4 more steps before its
@@ -69,6 +70,7 @@ def test_a_branch_whose_newest_step_failed_scoring_ranks_last() -> None:
         AStar(AStarConfig(expansions=3, heuristic="last", horizon=4)),
         ParticleFilter(ParticleFilterConfig(particles=6)),
         BeamSearch(BeamSearchConfig(beam_width=2, expansions=3)),
+        Rebase(RebaseConfig(width=6)),
     ]
     for strategy in strategies:
         out = sim.solve_all(strategy, problems, sim.Env(reward=FAILING))

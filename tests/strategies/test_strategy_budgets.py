@@ -19,6 +19,7 @@ from ttc.strategies.best_of_n import BestOfN, BestOfNConfig
 from ttc.strategies.dvts import Dvts, DvtsConfig
 from ttc.strategies.particle_filter import ParticleFilter, ParticleFilterConfig
 from ttc.strategies.particle_gibbs import ParticleGibbs, ParticleGibbsConfig
+from ttc.strategies.rebase import Rebase, RebaseConfig
 from ttc.strategies.self_consistency import SelfConsistency, SelfConsistencyConfig
 
 STRATEGIES: dict[str, Callable[[], Strategy]] = {
@@ -32,6 +33,7 @@ STRATEGIES: dict[str, Callable[[], Strategy]] = {
     "particle_filter": lambda: ParticleFilter(ParticleFilterConfig(particles=4)),
     "particle_gibbs": lambda: ParticleGibbs(ParticleGibbsConfig(particles=3, iterations=2)),
     "a_star": lambda: AStar(AStarConfig(expansions=2)),
+    "rebase": lambda: Rebase(RebaseConfig(width=4)),
 }
 
 BUDGETS = [
