@@ -99,6 +99,32 @@ class RunConfig:
     )
     allow_errors: bool = False
     """Exit 0 even when some problems ended with an error (they stay stored as errors)."""
+    executor: str = bounded(
+        "local",
+        choices=["local", "ray"],
+        help="where problems run: this process (local) or actors of a Ray cluster (ray)",
+    )
+
+
+@dataclass
+class RayConfig:
+    """Options of `run.executor=ray` (`ttc.executor`): where the actors run and how many."""
+
+    address: str = ""
+    """Cluster to join: `auto` (the one `ray start` runs here), a head address
+    (`host:6379`, `ray://host:10001`), or empty for a new local cluster."""
+    actors_per_node: int = bounded(1, ge=1, le=1024, help="actors on every node without GPUs")
+    actors_per_gpu: int | None = bounded(
+        None, ge=1, le=64, help="actors sharing each GPU of a node (each gets 1/k of it)"
+    )
+    concurrency_per_actor: int | None = bounded(
+        None, ge=1, help="problems an actor solves at once (unset: run.concurrency)"
+    )
+    chunk_size: int = bounded(4, ge=1, help="problems handed out at a time")
+    cpus_per_actor: float = bounded(1.0, ge=0.0, le=1024.0, help="CPUs Ray reserves per actor")
+    max_actor_failures: int = bounded(
+        8, ge=0, help="actors that may die before the run fails (their problems run elsewhere)"
+    )
 
 
 @dataclass
@@ -114,6 +140,8 @@ class RootConfig:
     run: RunConfig = field(default_factory=RunConfig)
     resume: str | None = None
     """Id of an interrupted run to continue (its stored config is used)."""
+    ray: RayConfig = field(default_factory=RayConfig)
+    """Options of `run.executor=ray`."""
     serve: Any = None
     """The `serve` node of `ttc serve` (`ttc.serve.ServeConfig`); unset for `ttc run`."""
 
@@ -153,7 +181,7 @@ SIZE_LIMITS: dict[str, tuple[int, str]] = {
         name: (MAX_PARALLEL, "ttc.config.MAX_PARALLEL, items in flight")
         for name in (
             "concurrency", "max_batch_size", "max_concurrency", "max_batch_sequences",
-            "batch_size",
+            "batch_size", "concurrency_per_actor", "chunk_size",
         )
     },
 }  # fmt: skip
@@ -268,5 +296,5 @@ def instantiate_config(schema: type, node: Any, key: str) -> Any:
 def validate(cfg: DictConfig) -> None:
     """Check every group's and the root's ranges; raise `ConfigError` naming the key."""
     check_keys(cfg, "")
-    for key in (*GROUP_BASES, "budget", "scheduler", "run"):
+    for key in (*GROUP_BASES, "budget", "scheduler", "run", "ray"):
         to_object(cfg[key], key)

@@ -24,6 +24,10 @@ class TtcError(Exception):
         return self.message
 
 
+class ExecutorError(TtcError):
+    """A Ray run could not solve its problems: no worker could start, or too many died."""
+
+
 class ConfigError(TtcError):
     """A configuration value is missing, misspelt, of the wrong type or out of range."""
 

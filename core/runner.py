@@ -26,6 +26,7 @@ from ttc.config import StoreConfig, instantiate_config, to_object, validate
 from ttc.context import ProblemContext, solve_problem
 from ttc.cost import CostModel, check_measurable
 from ttc.errors import ConfigError, DataError
+from ttc.executor import remote_executor
 from ttc.interfaces import Allocator, Backend, RewardModel, Strategy, Task
 from ttc.registry import Registry, get_registry
 from ttc.resume import ResumeRequest, check_same_problems, fingerprint
@@ -245,6 +246,7 @@ class Runner:
         task = asyncio.current_task()
         if task is not None and task.cancelling():  # Ctrl-C came while loading: no run row
             raise asyncio.CancelledError
+        executor = remote_executor(cfg, store_url=store.url)  # checked before the run row
         if resume is not None:
             store.claim(run_id, force=resume.force)
         else:
@@ -273,22 +275,13 @@ class Runner:
         scheduler: Scheduler | None = None
         solved = 0
         try:
-            parts.allocator.plan([p for _, p in todo])
-            await parts.backend.start()
-            if parts.reward is not None:
-                await parts.reward.start()
-            check_measurable(
-                parts.allocator.budget.limits(), backend=parts.backend, reward=parts.reward
-            )
-            scheduler = Scheduler(
-                parts.backend,
-                parts.reward,
-                max_batch_size=cfg.scheduler.max_batch_size,
-                max_wait_s=cfg.scheduler.max_wait_ms / 1000.0,
-            )
-            solved = await self._solve_all(
-                run_id, cfg, parts, scheduler, store, todo, replace_error=retry
-            )
+            if executor is not None:  # the problems run on remote workers (ttc.executor)
+                solved = await executor.solve(self, run_id, todo, replace_error=retry)
+            else:
+                scheduler = await start_components(cfg, parts, [p for _, p in todo])
+                solved = await self._solve_all(
+                    run_id, cfg, parts, scheduler, store, todo, replace_error=retry
+                )
             status = "finished"
         except (KeyboardInterrupt, asyncio.CancelledError):
             # An interrupt that lands after the last problem was stored ends nothing.
@@ -300,6 +293,8 @@ class Runner:
             raise
         finally:
             try:
+                if executor is not None:
+                    executor.close()
                 await parts.backend.close()
                 if parts.reward is not None:
                     await parts.reward.close()
@@ -430,6 +425,24 @@ class Runner:
             trace=(solution.trace if solution is not None else {}),
             error=error,
         )
+
+
+async def start_components(
+    cfg: DictConfig, parts: Components, problems: list[Problem]
+) -> Scheduler:
+    """Plan the allocator over `problems`, start the backend and reward model, check that
+    the budget's units can be measured, and return the scheduler in front of them."""
+    parts.allocator.plan(problems)
+    await parts.backend.start()
+    if parts.reward is not None:
+        await parts.reward.start()
+    check_measurable(parts.allocator.budget.limits(), backend=parts.backend, reward=parts.reward)
+    return Scheduler(
+        parts.backend,
+        parts.reward,
+        max_batch_size=cfg.scheduler.max_batch_size,
+        max_wait_s=cfg.scheduler.max_wait_ms / 1000.0,
+    )
 
 
 def _format_error(exc: BaseException) -> str:

@@ -72,11 +72,19 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cur.close()
 
 
-def make_engine(url: str, *, echo: bool = False, create: bool = True) -> Engine:
+def make_engine(
+    url: str, *, echo: bool = False, create: bool = True, pool_size: int | None = None
+) -> Engine:
     """An engine for the store at `url`; `create=False`: a SQLite file must already exist
-    (read commands never create an empty store from a mistyped path)."""
+    (read commands never create an empty store from a mistyped path). `pool_size`: the
+    connections a server database (PostgreSQL) keeps open for this process, with as many
+    again allowed in bursts; each worker of a Ray run sizes it to its own writers, so that
+    many workers stay under the server's `max_connections`."""
+    options: dict[str, Any] = {}
+    if pool_size is not None and not url.startswith("sqlite"):
+        options = {"pool_size": pool_size, "max_overflow": pool_size, "pool_pre_ping": True}
     try:
-        engine = create_engine(url, echo=echo)
+        engine = create_engine(url, echo=echo, **options)
     except (SQLAlchemyError, ImportError, ValueError) as exc:
         raise StoreError(
             f"cannot open the store at '{mask_url(url)}': {scrub(str(exc))}",
@@ -290,9 +298,11 @@ def open_store(url: str, *, create: bool = True, echo: bool = False) -> Store:
 class Store:
     """A run store at a SQLAlchemy URL. Opening it applies pending migrations."""
 
-    def __init__(self, url: str, *, echo: bool = False, migrate: bool = True) -> None:
+    def __init__(
+        self, url: str, *, echo: bool = False, migrate: bool = True, pool_size: int | None = None
+    ) -> None:
         self.url = url
-        self.engine = make_engine(url, echo=echo)
+        self.engine = make_engine(url, echo=echo, pool_size=pool_size)
         if migrate:
             upgrade(self.engine)
         self._session = sessionmaker(self.engine, expire_on_commit=False)
