@@ -193,6 +193,8 @@ def launch(args: Sequence[str], job: JobFn) -> list[Any]:
     errors: list[TtcError] = []
     stopped: list[RunInterrupted] = []
 
+    here = os.getpid()
+
     @hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name=CONFIG_NAME)
     def entry(cfg: DictConfig) -> None:
         sweep = None
@@ -207,6 +209,8 @@ def launch(args: Sequence[str], job: JobFn) -> list[Any]:
             stopped.append(exc)
             raise _StopSweep from None
         except TtcError as exc:
+            if os.getpid() != here:  # a launcher ran the job elsewhere (hydra/launcher=ray):
+                raise  # the error travels back in Hydra's job return and fails the sweep
             errors.append(exc)
 
     saved = sys.argv

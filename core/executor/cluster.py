@@ -58,6 +58,11 @@ def plan_actors(nodes: list[dict[str, Any]], options: Any) -> list[Placement]:
     return out
 
 
+def actor_name(run_id: str, k: int) -> str:
+    """The Ray name of a run's k-th actor (`ray list actors` shows it)."""
+    return f"ttc-{run_id}-{k}"
+
+
 def sqlite_file(url: str) -> str | None:
     """The file of a SQLite store URL, made absolute (workers may start elsewhere)."""
     parsed = make_url(url)
@@ -76,6 +81,9 @@ class RayExecutor:
         self.placements = placements
         self._own_cluster = own
         self._actors: list[Any] = []
+        self._spawned = 0
+        self.deaths = 0
+        """Actors of this run that died (their problems ran elsewhere)."""
 
     @classmethod
     def connect(cls, cfg: Any, *, store_url: str) -> RayExecutor:
@@ -138,7 +146,9 @@ class RayExecutor:
         plain = OmegaConf.to_container(self.cfg, resolve=True)
         env = {k: os.environ[k] for k in (*FORWARDED_ENV, "PYTHONPATH") if k in os.environ}
         actor_cls = ray.remote(ProblemWorker)
+        self._spawned += 1
         actor = actor_cls.options(  # type: ignore[attr-defined]
+            name=actor_name(run_id, self._spawned),
             num_cpus=float(self.options.cpus_per_actor),
             num_gpus=placement.num_gpus,
             max_concurrency=self._slots() + 2,
@@ -229,6 +239,7 @@ class RayExecutor:
                 if not dead.is_set():
                     return
                 deaths += 1
+                self.deaths = deaths
                 self._forget(actor)
                 if deaths > int(self.options.max_actor_failures) or not (queue or inflight):
                     return
