@@ -191,6 +191,8 @@ class Runner:
         self.run_id: str | None = None
         self.remaining: int | None = None
         """Problems of this run not yet stored (None until the run row exists)."""
+        self.executor: Any = None
+        """The remote executor of a `run.executor=ray` run (`ttc.executor`), once joined."""
 
     def run(self) -> RunOutcome:
         return asyncio.run(self.arun())
@@ -247,6 +249,7 @@ class Runner:
         if task is not None and task.cancelling():  # Ctrl-C came while loading: no run row
             raise asyncio.CancelledError
         executor = remote_executor(cfg, store_url=store.url)  # checked before the run row
+        self.executor = executor
         if resume is not None:
             store.claim(run_id, force=resume.force)
         else:

@@ -56,6 +56,9 @@ class ScriptedBackendConfig(BackendConfig):
     steps: int = bounded(3, ge=0)
     p_correct: float = bounded(0.5, ge=0.0, le=1.0)
     delay_s: float = bounded(0.0, ge=0.0, help="sleep per batch (to make runs slow)")
+    token_delay_s: float = bounded(
+        0.0, ge=0.0, help="sleep per token a batch generates (an engine of fixed throughput)"
+    )
     fail_marker: str = ""
     """Requests whose prompt contains this string raise (for failure-isolation tests)."""
     fail_in: str = bounded(
@@ -162,7 +165,10 @@ class ScriptedBackend(Backend):
             BATCH_SIZES.append(len(requests))
         if self.config.delay_s:
             time.sleep(self.config.delay_s)
-        return [self._generate(r) for r in requests]
+        results = [self._generate(r) for r in requests]
+        if self.config.token_delay_s:
+            time.sleep(self.config.token_delay_s * sum(r.usage.completion_tokens for r in results))
+        return results
 
 
 @dataclass

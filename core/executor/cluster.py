@@ -84,6 +84,8 @@ class RayExecutor:
         self._spawned = 0
         self.deaths = 0
         """Actors of this run that died (their problems ran elsewhere)."""
+        self.nodes_used: set[str] = set()
+        """Ray node ids the run's actors started on."""
 
     @classmethod
     def connect(cls, cfg: Any, *, store_url: str) -> RayExecutor:
@@ -168,7 +170,8 @@ class RayExecutor:
 
     async def _start(self, actor: Any) -> None:
         try:
-            await actor.start.remote()
+            where = await actor.start.remote()
+            self.nodes_used.add(where["node"])
         except Exception as exc:
             raise ExecutorError(
                 f"a Ray worker could not start the run's plugins: {_cause(exc)}",
@@ -253,6 +256,11 @@ class RayExecutor:
                 hint=f"`ttc run resume={run_id}` solves the rest",
             )
         return written
+
+    @property
+    def actors(self) -> list[Any]:
+        """Handles of the run's live actors."""
+        return list(self._actors)
 
     def _forget(self, actor: Any) -> None:
         import ray

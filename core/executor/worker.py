@@ -7,7 +7,8 @@ same scheduler batching across every problem the actor holds, the same grading, 
 store transaction per finished problem. What the actor's hooks see (calls, finished
 problems) streams back to the driver, which shows it in its own progress line.
 
-This module does not import Ray; `ttc.executor.cluster` wraps the class as an actor.
+Importing this module does not import Ray; `ttc.executor.cluster` wraps the class as an
+actor.
 """
 
 from __future__ import annotations
@@ -119,7 +120,9 @@ class ProblemWorker:
         self.store = await asyncio.to_thread(
             Store, self.store_url, migrate=False, pool_size=self.pool_size
         )
-        return {"pid": os.getpid(), "host": os.uname().nodename}
+        import ray
+
+        return {"pid": os.getpid(), "node": ray.get_runtime_context().get_node_id()}
 
     def _allocator(self) -> Any:
         """A fresh allocator for a chunk: budgets that allocators share between problems

@@ -105,13 +105,15 @@ def test_a_killed_actor_loses_only_its_unfinished_problems(store_url: str) -> No
     while runner.run_id is None or sum(stored_counts(store_url, runner.run_id).values()) < 2:
         assert time.monotonic() < deadline and thread.is_alive(), failed
         time.sleep(0.05)
-    victim = ray.get_actor(actor_name(runner.run_id, 1))
+    victim = runner.executor.actors[0]
+    assert victim == ray.get_actor(actor_name(runner.run_id, 1))  # named after its run
     stored_at_kill = sum(stored_counts(store_url, runner.run_id).values())
     ray.kill(victim)
     thread.join(timeout=180)
     assert not failed and outcome, failed
     assert stored_at_kill < n  # the actor died with problems left to solve
     assert outcome[0].status == "finished"
+    assert runner.executor.deaths == 1
     counts = stored_counts(store_url, runner.run_id)
     assert len(counts) == n and set(counts.values()) == {1}
     local = run(store_url, *DOUBLES, *job)
