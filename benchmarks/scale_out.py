@@ -106,9 +106,7 @@ def main() -> None:
     for name, n, wall, total, tokens in rows:
         speedup = one[2] / wall if wall else 0.0
         eff = f"{speedup / n:.2f}" if n else "-"
-        table.add_row(
-            name, f"{wall:.2f}", f"{total:.2f}", f"{tokens:,}", f"{speedup:.2f}x", eff
-        )
+        table.add_row(name, f"{wall:.2f}", f"{total:.2f}", f"{tokens:,}", f"{speedup:.2f}x", eff)
     console.print(table)
 
 

@@ -20,12 +20,13 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from ttc.config import RootConfig, RunConfig, StoreConfig, check_bounds, validate
+from ttc.config import RayConfig, RootConfig, RunConfig, StoreConfig, check_bounds, validate
 from ttc.errors import ConfigError, DataError
 from ttc.types import Problem
 
-RESUME_KEYS = ("store.url", "run.progress", "run.concurrency")
-"""What may be set beside `resume=`: the rest comes from the stored run."""
+RESUME_KEYS = ("store.url", "run.progress", "run.concurrency", "run.executor", "ray.address")
+"""What may be set beside `resume=`: the rest comes from the stored run. Where the
+problems run (`run.executor`, `ray.address`) does not change what they give."""
 
 RETRY_KEY = "resume.retry_errors"
 FORCE_FLAG = "--force"
@@ -106,7 +107,7 @@ def _typed(key: str, text: str, kind: type | None) -> Any:
             raise ConfigError(f"{key}={text!r} is not valid; valid choices: true, false", key=key)
         return value
     group, _, name = key.partition(".")
-    schema = {"run": RunConfig, "store": StoreConfig}[group]
+    schema = {"run": RunConfig, "store": StoreConfig, "ray": RayConfig}[group]
     node = OmegaConf.structured(schema)
     try:
         setattr(node, name, value)

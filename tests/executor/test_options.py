@@ -12,6 +12,7 @@ from ttc.errors import ConfigError
 from ttc.executor.cluster import plan_actors, sqlite_file
 from ttc.executor.routing import chunks
 from ttc.launch import compose
+from ttc.resume import parse_request
 
 from conftest import ROOT
 
@@ -68,3 +69,10 @@ def test_the_readme_command_that_moves_a_run_to_a_cluster_composes() -> None:
     cfg = compose(shlex.split(line)[2:])
     assert cfg.run.executor == "ray" and cfg.ray.address == "auto"
     assert re.match(r"postgresql\+psycopg://", str(cfg.store.url))
+
+
+def test_a_run_may_be_resumed_on_another_executor() -> None:
+    request = parse_request(["resume=abc", "run.executor=local", "ray.address=auto"])
+    assert request.overrides == {"run.executor": "local", "ray.address": "auto"}
+    with pytest.raises(ConfigError, match=r"run\.executor='dask' is not valid"):
+        parse_request(["resume=abc", "run.executor=dask"])
