@@ -28,10 +28,8 @@ import time
 from pathlib import Path
 
 # The scripted backend is ttc's test double; its plugin module lives with the tests.
-TESTS = str(Path(__file__).resolve().parents[1] / "tests")
-sys.path.insert(0, TESTS)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 os.environ.setdefault("TTC_PLUGIN_MODULES", "doubles")
-os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (TESTS, os.environ.get("PYTHONPATH")) if p)
 
 from rich.console import Console
 from rich.table import Table
@@ -75,6 +73,10 @@ def main() -> None:
 
     import ray
 
+    tests = str(Path(__file__).resolve().parents[1] / "tests")  # the actors load it too
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (tests, os.environ.get("PYTHONPATH")) if p
+    )
     console = Console()
     ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
     rows = []
