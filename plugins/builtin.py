@@ -115,3 +115,7 @@ def register_configs(register: Callable[..., None]) -> None:
     from ttc.serve.config import ServeConfig
 
     register("serve", "default", ServeConfig())
+    from ttc.flow.registry import config_nodes
+
+    for group, name, node in config_nodes():  # the flow modality's schemas (docs/flow.md)
+        register(group, name, node)
