@@ -35,7 +35,7 @@ class FlowModelSpec:
 
     hidden: int = 256
     layers: int = 3
-    steps: int = 6000
+    steps: int = 4000
     """Training steps (Adam, batch `batch`)."""
     batch: int = 256
     lr: float = 2e-3
@@ -48,7 +48,7 @@ class FlowModelSpec:
 
 
 DEFAULT_SPEC = FlowModelSpec()
-"""The benchmark's model: about a minute of training on 2 CPU cores."""
+"""The benchmark's model: a few minutes of training on 2 busy CPU cores."""
 TINY_SPEC = FlowModelSpec(hidden=64, layers=2, steps=400, batch=128, lr=3e-3)
 """A model the tests train in seconds."""
 

@@ -75,3 +75,19 @@ def test_vp_conversion_is_the_same_path() -> None:
         t, c = vp.t_of(s)
         assert a**2 + sg**2 == pytest.approx(1.0)
         assert (c * t, c * (1 - t)) == pytest.approx((a, sg))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("schedule", ["linear", "vp"])
+def test_sde_marginals_match_on_the_benchmark_model(schedule: str) -> None:
+    """The same bound on the benchmark's model (trained on first use, then cached)."""
+    import torch
+
+    from ttc.flow.model import DEFAULT_SPEC, load_or_train
+
+    torch.set_num_threads(1)
+    net = load_or_train(DEFAULT_SPEC)
+    ode = _sample(net, Schedule("linear"), eps=0.0, seed=1)
+    sde = _sample(net, Schedule(schedule), eps=1.0, seed=3)  # type: ignore[arg-type]
+    drifting = _sample(net, Schedule(schedule), eps=1.0, seed=3, correct=False)  # type: ignore[arg-type]
+    assert mmd2(ode, sde) < 0.005 < mmd2(ode, drifting)
