@@ -524,8 +524,15 @@ class OpenAIBackend(CodecBackend, Backend):
         if prompt_tokens is None:
             prompt_tokens = len(request.prompt_token_ids or self.encode(request.prompt))
         completion = usage.get("completion_tokens")
+        agreed = sum(len(g.token_ids) for g in gens)
         if completion is None:
-            completion = sum(len(g.token_ids) for g in gens)
+            completion = agreed
+        else:  # ids re-encoded at a stop (`_generation`) count as the other backends count
+            returned = sum(
+                len(c["token_ids"]) if c.get("token_ids") is not None else len(g.token_ids)
+                for c, g in zip(choices, gens, strict=True)
+            )
+            completion = int(completion) + agreed - returned
         cached = int(details.get("cached_tokens") or 0)
         return GenerateResult(
             generations=gens,

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 
 from ttc.config import BackendConfig, RewardConfig, TaskConfig, bounded
 from ttc.interfaces import Backend, Task
-from ttc.testing import StepReadingReward
+from ttc.testing import StepReadingReward, cut_at_stop
 from ttc.types import (
     GenerateRequest,
     GenerateResult,
@@ -217,16 +217,16 @@ class SimBackend(Backend):
         gens = []
         for i in range(s.n):
             rng = random.Random(f"{s.seed}:{i}")
-            text, reason = "", None
+            text, reason, hit = "", None, None
             while reason is None:
                 chunk, ended = self.next_chunk(head, done + text, rng)
-                text += chunk
+                text, hit = cut_at_stop(text + chunk, s.stop)
                 if len(text) > s.max_tokens:
-                    text, reason = text[: s.max_tokens], "length"
+                    text, reason, hit = text[: s.max_tokens], "length", None
+                elif hit is not None:
+                    reason = "stop"
                 elif ended:
                     reason = "eos"
-                elif any(st in text for st in s.stop):
-                    reason = "stop"
                 elif len(text) == s.max_tokens:
                     reason = "length"
             ids = tuple(self.encode(text))
@@ -236,7 +236,7 @@ class SimBackend(Backend):
                     text=text,
                     finish_reason=reason,  # type: ignore[arg-type]
                     logprobs=tuple(-0.1 for _ in ids) if s.logprobs else None,
-                    stop_reason=s.stop[0] if reason == "stop" and s.stop else None,
+                    stop_reason=hit,
                 )
             )
         return GenerateResult(generations=tuple(gens), usage=self._usage(req, gens))

@@ -1,7 +1,8 @@
 """Test doubles and a conformance suite for plugin authors.
 
 Nothing here is registered by ttc itself: a test suite registers the doubles as a plugin
-(ttc's own tests do so in tests/doubles.py), or subclasses `StrategyConformance`.
+(ttc's own tests do so in tests/doubles.py), or subclasses `StrategyConformance` (or
+`BackendConformance` / `RewardConformance`, from `ttc.conformance`).
 
 - `scripted` backend: a character-level fake model. Each call emits the next step of a
   scripted solution ("Step k: ...") and, after `steps` steps, a final answer that is right
@@ -26,6 +27,8 @@ from dataclasses import dataclass
 
 from ttc.budget import Budget, Ledger, Spent
 from ttc.config import BackendConfig, RewardConfig, TaskConfig, bounded
+from ttc.conformance import BackendConformance as BackendConformance  # re-exported
+from ttc.conformance import RewardConformance as RewardConformance
 from ttc.context import ProblemContext, solve_problem
 from ttc.cost import CostModel
 from ttc.interfaces import Allocator, Backend, RewardModel, Strategy, Task
@@ -70,6 +73,17 @@ class ScriptedBackendConfig(BackendConfig):
     """A path: every generation fails while this file exists (a transient outage)."""
     start_delay_s: float = bounded(0.0, ge=0.0, help="sleep in start() (a model load)")
     close_delay_s: float = bounded(0.0, ge=0.0, help="sleep in close() (freeing the model)")
+
+
+def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, str | None]:
+    """`text` cut right after the earliest match of any stop string, and that string (as
+    engines stop: the first position where one completes)."""
+    end, hit = -1, None
+    for stop in stops:
+        at = text.find(stop) if stop else -1
+        if at >= 0 and (end < 0 or at + len(stop) < end):
+            end, hit = at + len(stop), stop
+    return (text[:end], hit) if hit is not None else (text, None)
 
 
 class ScriptedBackend(Backend):
@@ -129,16 +143,14 @@ class ScriptedBackend(Backend):
         gens = []
         for i in range(s.n):
             rng = random.Random(f"{s.seed}:{i}:{len(prompt)}")
-            text, ended = "", False
-            while not ended:
+            text, ended, hit = "", False, None
+            while not ended and hit is None:
                 chunk, ended = self._script(prompt + text, rng)
                 text += chunk
-                hit = next((st for st in s.stop if st in text), None)
-                if hit is not None and not ended:
-                    break
-            reason = "eos" if ended else "stop"
+                text, hit = cut_at_stop(text, s.stop)
+            reason = "stop" if hit is not None else "eos"
             if len(text) > s.max_tokens:
-                text, reason = text[: s.max_tokens], "length"
+                text, reason, hit = text[: s.max_tokens], "length", None
             ids = tuple(self.encode(text))
             logprobs = tuple(-0.1 for _ in ids) if s.logprobs else None
             gens.append(
@@ -147,7 +159,7 @@ class ScriptedBackend(Backend):
                     text=text,
                     finish_reason=reason,  # type: ignore[arg-type]
                     logprobs=logprobs,
-                    stop_reason=s.stop[0] if reason == "stop" and s.stop else None,
+                    stop_reason=hit,
                 )
             )
         n_prompt = len(req.prompt_token_ids or self.encode(prompt))

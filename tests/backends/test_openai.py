@@ -107,24 +107,32 @@ class FakeServer:
     def text(self, ids: list[int]) -> str:
         return "".join(self.pieces.get(t) or chr(t) for t in ids)
 
-    def stop_as_vllm(self, req: GenerateRequest) -> list[tuple[str, list[int]]]:
-        """Each sample's (text, token ids) as vLLM stops: the whole solution is decoded
-        token by token; at the first token whose text completes a stop string the text is
-        cut right after it and that token is kept."""
+    def stop_as_vllm(self, req: GenerateRequest) -> list[tuple[str, list[int], str, str | None]]:
+        """Each sample's (text, token ids, finish reason, stop string) as vLLM stops: the
+        whole solution is decoded token by token; at the first token whose text completes
+        a stop string the text is cut right after it and that token is kept; past
+        `max_tokens` tokens it ends by length."""
         whole = self.scripted._generate(
-            GenerateRequest(req.prompt, None, dataclasses.replace(req.sampling, stop=()))
+            GenerateRequest(
+                req.prompt, None, dataclasses.replace(req.sampling, stop=(), max_tokens=10**6)
+            )
         )
         out = []
         for g in whole.generations:
             ids = self.tokens(g.text)
-            for k in range(1, len(ids) + 1):
+            for k in range(1, min(len(ids), req.sampling.max_tokens) + 1):
                 seen = self.text(ids[:k])
-                ends = [seen.find(st) + len(st) for st in req.sampling.stop if st in seen]
+                ends = [(seen.find(st) + len(st), st) for st in req.sampling.stop if st in seen]
                 if ends:
-                    out.append((seen[: min(ends)], ids[:k]))
+                    end, stop = min(ends)
+                    out.append((seen[:end], ids[:k], "stop", stop))
                     break
             else:
-                out.append((g.text, ids))
+                if len(ids) > req.sampling.max_tokens:
+                    ids = ids[: req.sampling.max_tokens]
+                    out.append((self.text(ids), ids, "length", None))
+                else:
+                    out.append((g.text, ids, "stop", None))
         return out
 
     # -- the API --------------------------------------------------------------------------
@@ -208,7 +216,7 @@ class FakeServer:
                 if body.get("return_token_ids"):
                     choice["token_ids"] = list(g.token_ids)
             if as_vllm is not None:
-                choice["text"], ids = as_vllm[i]
+                choice["text"], ids, choice["finish_reason"], choice["stop_reason"] = as_vllm[i]
                 if "token_ids" in choice:
                     choice["token_ids"] = ids
                 if g.logprobs:
@@ -223,7 +231,7 @@ class FakeServer:
             "usage": {
                 "prompt_tokens": len(self.tokens(text)),
                 "completion_tokens": (
-                    sum(len(ids) for _, ids in as_vllm)
+                    sum(len(v[1]) for v in as_vllm)
                     if as_vllm is not None
                     else result.usage.completion_tokens
                 ),
