@@ -2,8 +2,9 @@
 vLLM server. Slow; they skip when vLLM is not importable (it lives in its own venv, see
 docs/backends/vllm.md; CI runs them from .venv-vllm).
 
-One engine serves the direct tests (a module fixture on a long-lived event loop); the run
-tests build their own through the runner, as `ttc run backend=vllm` does.
+One engine serves the direct tests (a module fixture on a long-lived event loop), the
+backend conformance suite included; the run tests build their own through the runner, as
+`ttc run backend=vllm` does.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ from typing import Any
 
 import pytest
 from vllm_server import VLLMServer, apply_cpu_env, vllm_importable
+
+from ttc.testing import BackendConformance
+from ttc.types import Problem
 
 pytestmark = [
     pytest.mark.slow,
@@ -130,6 +134,22 @@ def test_greedy_matches_the_transformers_backend(loop: Any, backend: Any) -> Non
     )
     # float32 on both sides: the first greedy tokens agree
     assert ours.generations[0].token_ids[:6] == ref[0].generations[0].token_ids[:6]
+
+
+class TestVLLMBackendConformance(BackendConformance):
+    """The backend suite on the module's engine (the prompt counted per sample, top-k
+    logprobs, stop strings ending inside SmolLM2's tokens)."""
+
+    top_logprobs = 3
+    problem = Problem(id="c", prompt="Count from one to ten, in words, on one line.")
+
+    @pytest.fixture(autouse=True)
+    def _engine(self, loop: asyncio.AbstractEventLoop, backend: Any) -> None:
+        type(self)._loop, type(self)._backend = loop, backend
+
+    @classmethod
+    def teardown_class(cls) -> None:
+        cls._loop, cls._backend = None, None  # the module's fixtures own both
 
 
 def _run_job(store_url: str, *overrides: str) -> Any:

@@ -1,5 +1,6 @@
 """The built-in strategies and the documentation's example strategy pass the
-conformance suite that ttc ships for plugin authors; the docs show the tested files."""
+conformance suite that ttc ships for plugin authors, the documentation's backend and
+reward suite examples run; the docs show the tested files."""
 
 from __future__ import annotations
 
@@ -20,8 +21,9 @@ EXAMPLES = ROOT / "docs" / "examples"
 sys.path.insert(0, str(EXAMPLES))
 
 from test_first_agreement import TestFirstAgreement  # noqa: E402  (the docs' own test)
+from test_plugin_conformance import TestMyBackend, TestMyReward  # noqa: E402  (the docs')
 
-__all__ = ["TestFirstAgreement"]
+__all__ = ["TestFirstAgreement", "TestMyBackend", "TestMyReward"]
 
 INCLUDE = re.compile(r"<!-- include: (\S+)[^>]*-->\n```python\n(.*?)```", re.S)
 
@@ -50,6 +52,7 @@ def test_the_docs_include_the_example_strategy() -> None:
     included = [p for p, _ in INCLUDE.findall((ROOT / "docs" / "plugins.md").read_text())]
     assert "docs/examples/ttc_first_agreement.py" in included
     assert "docs/examples/test_first_agreement.py" in included
+    assert "docs/examples/test_plugin_conformance.py" in included
 
 
 def test_the_example_plugin_runs_through_the_runner(
