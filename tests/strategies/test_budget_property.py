@@ -102,3 +102,19 @@ def test_spent_never_exceeds_the_limit(name: str, unit: Unit, backend: str) -> N
                     assert spent <= lim + 1e-6 * max(lim, 1.0), (name, u, lim, spent)
 
     check()
+
+
+def test_the_property_covers_every_built_in_strategy() -> None:
+    from ttc.registry import get_registry
+
+    registry = get_registry()
+    builtin = {
+        name
+        for name, entry in registry.entries["strategy"].items()
+        if registry.plugins[entry.plugin].builtin
+    }
+    missing = sorted(builtin - set(STRATEGIES))
+    assert not missing, (
+        f"built-in strategies {missing} are not in the budget property: add each to "
+        "STRATEGIES in tests/strategies/test_strategy_budgets.py"
+    )
