@@ -145,21 +145,27 @@ class BackendConformance(_Loop):
             text = self.after(prompt_ids, g.token_ids[:-1])
         assert text == g.text, f"token ids spell {text!r}, the text is {g.text!r}"
 
-    def stops_for(self, g: Generation, prompt_ids: Sequence[int]) -> list[tuple[str, int]]:
+    def stops_for(
+        self, g: Generation, prompt_ids: Sequence[int]
+    ) -> tuple[list[tuple[str, int]], list[int]]:
         """Two-character stop strings of a generation's text and where their first match
-        ends: those that end inside a token first (where the text shows tokens)."""
+        ends, those that end inside a token first (where the text shows tokens); and
+        where the tokens end in the text."""
         text = g.text
-        bounds: set[int] = set()
+        ends = [len(text)]
         if self.decodes_ids:
-            bounds = {len(self.after(prompt_ids, g.token_ids[:i])) for i in range(len(g.token_ids))}
+            ends = sorted(
+                {len(self.after(prompt_ids, g.token_ids[:i])) for i in range(1, len(g.token_ids))}
+                | {len(text)}
+            )
         out = []
         for end in range(2, len(text) + 1):
             stop = text[end - 2 : end]
             if "\ufffd" in stop or text.find(stop) + 2 != end:
                 continue
             out.append((stop, end))
-        out.sort(key=lambda se: (se[1] in bounds, se[1]))
-        return out
+        out.sort(key=lambda se: (se[1] in ends, se[1]))
+        return out, ends
 
     # -- the suite ------------------------------------------------------------------------
     def test_usage_counts_the_prompt_as_the_backend_declares(self) -> None:
@@ -227,7 +233,7 @@ class BackendConformance(_Loop):
         greedy = dict(n=1, temperature=0.0, seed=8, max_tokens=2 * self.max_tokens)
         (full,) = self.generate(self.request(**greedy))
         (g,) = full.generations
-        stops = self.stops_for(g, ids)
+        stops, token_ends = self.stops_for(g, ids)
         assert len(stops) >= 2, f"the greedy text {g.text!r} offers too few stop strings"
         for stop, end in stops[:2]:
             (cut,) = self.generate(self.request(stop=(stop,), logprobs=self.logprobs, **greedy))
@@ -238,8 +244,14 @@ class BackendConformance(_Loop):
             if self.logprobs:
                 assert h.logprobs is not None and len(h.logprobs) == len(h.token_ids)
             assert cut.usage.completion_tokens == len(h.token_ids)
-        # two stop strings: the earlier match wins; a text that ends otherwise holds none
-        (stop_a, end_a), (stop_b, _) = sorted(stops[:2], key=lambda se: se[1])
+        # two stop strings, listed later one first: the earlier match wins (the later one
+        # ends in a later token; engines that check a token's new text against the list
+        # in order may pick either when both end in one token)
+        stop_a, end_a = stops[0]
+        token_end = min(e for e in token_ends if e >= end_a)
+        later = [(s, e) for s, e in stops if e > token_end]
+        assert later, f"the greedy text {g.text!r} offers no stop string in a later token"
+        stop_b = later[0][0]
         (both,) = self.generate(self.request(stop=(stop_b, stop_a), **greedy))
         (h,) = both.generations
         assert h.stop_reason == stop_a and h.text == g.text[:end_a]
