@@ -25,6 +25,7 @@ from typing import Any
 from ttc.config import bounded
 from ttc.errors import ConfigError, DataError
 from ttc.plugins.tasks.base import Item, PromptedTask, PromptedTaskConfig
+from ttc.plugins.tasks.few_shot import Shot, final_line
 from ttc.types import Problem
 
 MAX_LEVEL = 8
@@ -147,6 +148,7 @@ class ArithTask(PromptedTask):
     def __init__(self, config: ArithTaskConfig) -> None:
         super().__init__(config)
         self.levels = _levels(config.levels)
+        self._shots: dict[tuple[int, int, frozenset[str]], list[Shot]] = {}
 
     def items(self) -> list[Item]:
         items = []
@@ -165,6 +167,45 @@ class ArithTask(PromptedTask):
                 )
             )
         return items
+
+    def shots(self, item: Item, k: int, evaluated: frozenset[str]) -> list[Shot]:
+        """`k` generated problems of the item's level, solved step by step; drawn from a
+        generator stream of their own (seeded by `seed`), skipping any question that is
+        being evaluated. Every problem of a level shows the same examples, so their
+        prompts share a prefix."""
+        level = int(item.metadata["level"])
+        key = (level, k, evaluated)
+        if key not in self._shots:
+            self._shots[key] = self._draw_shots(level, k, evaluated)
+        return self._shots[key]
+
+    def _draw_shots(self, level: int, k: int, evaluated: frozenset[str]) -> list[Shot]:
+        shots: list[Shot] = []
+        seen = set(evaluated)
+        tries = 200 * k
+        for j in range(tries):
+            tree = generate(level, random.Random(f"arith-shot:{self.config.seed}:{level}:{j}"))
+            question = f"What is {tree.render()}?"
+            if question in seen:
+                continue
+            seen.add(question)
+            lines = [_spelled(step["expr"]) + f" = {step['value']}" for step in steps_of(tree)]
+            lines.append(final_line(str(tree.value), self.config.answer_format))
+            shots.append(Shot(question=question, solution="\n".join(lines)))
+            if len(shots) == k:
+                return shots
+        raise ConfigError(
+            f"task.few_shot={k}: found only {len(shots)} level-{level} problems that are not "
+            f"among the {len(evaluated)} being evaluated",
+            key="task.few_shot",
+            value=k,
+            hint="use fewer examples (task.few_shot) or fewer problems (task.n_problems)",
+        )
+
+
+def _spelled(expr: str) -> str:
+    """`3+4` as `3 + 4`, as the questions write it."""
+    return re.sub(r"(?<=\d)([-+*])", r" \1 ", expr)
 
 
 # -- rule-based step checking -------------------------------------------------------------

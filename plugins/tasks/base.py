@@ -2,7 +2,8 @@
 
 A subclass only says where its questions come from (`items`); the base turns them into
 chat messages with a configurable system prompt and answer instruction, applies the
-config's `shuffle`/`seed`/`limit`, and grades with `ttc.plugins.verifier`.
+config's `shuffle`/`seed`/`limit`, puts `few_shot` solved examples before each question
+(`ttc.plugins.tasks.few_shot`), and grades with `ttc.plugins.verifier`.
 """
 
 from __future__ import annotations
@@ -13,8 +14,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ttc.config import TaskConfig, bounded
+from ttc.errors import ConfigError
 from ttc.interfaces import Task
 from ttc.plugins import verifier
+from ttc.plugins.tasks import few_shot
+from ttc.plugins.tasks.few_shot import Shot
 from ttc.types import Problem
 
 ANSWER_INSTRUCTIONS: dict[str, str] = {
@@ -35,6 +39,9 @@ class PromptedTaskConfig(TaskConfig):
     """Replaces the answer instruction appended to each question ('' appends nothing)."""
     verify_timeout_s: float = bounded(
         verifier.DEFAULT_TIMEOUT_S, gt=0, help="seconds one math-verify comparison may take"
+    )
+    few_shot: int = bounded(
+        0, ge=0, le=64, help="solved examples before each question (lm-eval's num_fewshot)"
     )
 
 
@@ -69,6 +76,17 @@ class PromptedTask(Task):
         head = ({"role": "system", "content": system},) if system else ()
         return (*head, {"role": "user", "content": user})
 
+    def shots(self, item: Item, k: int, evaluated: frozenset[str]) -> list[Shot]:
+        """`k` solved examples to show before `item`'s question, none of whose questions
+        is in `evaluated` (the questions of the problems being solved). Tasks with a
+        training split or a generator override this."""
+        raise ConfigError(
+            f"task.few_shot={k}: the {self.name} task has no solved examples to show",
+            key="task.few_shot",
+            value=k,
+            hint="use task.few_shot=0 (or a task with a training split or generator)",
+        )
+
     def load(self) -> list[Problem]:
         items = self.items()
         if self.config.shuffle:
@@ -76,17 +94,41 @@ class PromptedTask(Task):
             random.Random(self.config.seed).shuffle(items)
         if self.config.limit is not None:
             items = items[: self.config.limit]
-        return [
-            Problem(
-                id=item.id,
-                messages=self.messages(item.question),
-                reference=item.reference,
-                metadata={"source": self.name, "question": item.question, **item.metadata},
+        k = self.config.few_shot
+        evaluated = frozenset(item.question for item in items)
+        problems = []
+        for item in items:
+            metadata = {"source": self.name, "question": item.question, **item.metadata}
+            if not k:
+                problems.append(
+                    Problem(
+                        id=item.id,
+                        messages=self.messages(item.question),
+                        reference=item.reference,
+                        metadata=metadata,
+                    )
+                )
+                continue
+            shots = self.shots(item, k, evaluated)
+            instruction, system = self.instruction(), self.config.system_prompt
+            problems.append(
+                Problem(
+                    id=item.id,
+                    messages=few_shot.chat_messages(
+                        shots, item.question, instruction=instruction, system=system
+                    ),
+                    prompt=few_shot.plain_prompt(
+                        shots, item.question, instruction=instruction, system=system
+                    ),
+                    reference=item.reference,
+                    metadata={**metadata, "few_shot": [s.question for s in shots]},
+                )
             )
-            for item in items
-        ]
+        return problems
 
     def extract_answer(self, text: str) -> str | None:
+        if self.config.few_shot:
+            text = few_shot.answer_part(text)
         return verifier.extract_answer(text)
 
     def is_correct(self, answer: str | None, problem: Problem) -> bool | None:

@@ -14,6 +14,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
+import re
 import socket
 import threading
 from collections.abc import Iterator
@@ -24,6 +26,7 @@ from urllib.parse import urlparse
 
 from ttc.errors import ConfigError, DataError
 from ttc.plugins.tasks.base import Item, PromptedTask, PromptedTaskConfig
+from ttc.plugins.tasks.few_shot import Shot, final_line
 
 HUB_PROBE_TIMEOUT_S = 5.0
 _OFFLINE_HINT = "pass task.data_files=<local jsonl> (or set HF_HUB_OFFLINE=1 to use a cached copy)"
@@ -38,12 +41,18 @@ class HubTaskConfig(PromptedTaskConfig):
     split: str = "test"
     data_files: str | None = None
     """A local JSON Lines file in the hub's field layout; used instead of the hub."""
+    few_shot_split: str | None = None
+    """Hub split the `few_shot` solved examples come from (None: the task has none)."""
+    few_shot_files: str | None = None
+    """A local JSON Lines file of solved examples in the same layout (instead of the
+    hub split); a row's `solution` field is its worked solution when it has one."""
 
 
 @dataclass
 class Gsm8kTaskConfig(HubTaskConfig):
     path: str = "openai/gsm8k"
     subset: str | None = "main"
+    few_shot_split: str | None = "train"
 
 
 @dataclass
@@ -71,6 +80,9 @@ class JsonlTaskConfig(PromptedTaskConfig):
     """Field holding the reference answer (None: ungraded problems)."""
     id_field: str | None = None
     """Field holding a unique problem id (None: the line number)."""
+    few_shot_files: str | None = None
+    """A JSON Lines file of solved examples with the same fields (for `few_shot`); a
+    row's `solution` field is its worked solution when it has one."""
 
 
 # -- loading ------------------------------------------------------------------------------
@@ -312,6 +324,22 @@ class HubTask(PromptedTask):
     def metadata_of(self, row: dict[str, Any]) -> dict[str, Any]:
         return {f: row[f] for f in self.metadata_fields if f in row}
 
+    def shots(self, item: Item, k: int, evaluated: frozenset[str]) -> list[Shot]:
+        c = self.config
+        if c.few_shot_files:
+            rows, source = load_jsonl_rows(c.few_shot_files), f"data file '{c.few_shot_files}'"
+        elif c.few_shot_split:
+            rows = load_hub_rows(c.path, subset=c.subset, split=c.few_shot_split)
+            source = f"hub dataset '{c.path}', split {c.few_shot_split}"
+        else:
+            return super().shots(item, k, evaluated)
+        fields = (self.question_field, self.answer_field, None)
+        return _draw_shots(self, rows, source, k, evaluated, fields=fields)
+
+    def solution_of(self, row: dict[str, Any], reference: str) -> str:
+        """A solved example's worked solution, ending in the answer format's final line."""
+        return row_solution(row, reference, self.config.answer_format)
+
 
 class Gsm8kTask(HubTask):
     """Grade-school math word problems; the reference is what follows `####`."""
@@ -331,6 +359,11 @@ class Gsm8kTask(HubTask):
     def metadata_of(self, row: dict[str, Any]) -> dict[str, Any]:
         # The worked solution (with <<calculator>> annotations) helps inspecting runs.
         return {"solution": row.get("answer")}
+
+    def solution_of(self, row: dict[str, Any], reference: str) -> str:
+        # The reasoning before '####', without the <<48/2=24>> calculator annotations.
+        reasoning = re.sub(r"<<[^>]*>>", "", str(row["answer"]).rsplit("####", 1)[0]).strip()
+        return f"{reasoning}\n{final_line(reference, self.config.answer_format)}"
 
 
 class Math500Task(HubTask):
@@ -391,6 +424,73 @@ class JsonlTask(PromptedTask):
                 )
             )
         return items
+
+    def shots(self, item: Item, k: int, evaluated: frozenset[str]) -> list[Shot]:
+        c = self.config
+        if not c.few_shot_files or c.answer_field is None:
+            raise ConfigError(
+                f"task.few_shot={k} needs a file of solved examples with answers",
+                key="task.few_shot_files",
+                hint="pass task.few_shot_files=examples.jsonl (same fields as data_files)",
+            )
+        rows = load_jsonl_rows(c.few_shot_files)
+        fields = (c.question_field, c.answer_field, None)
+        return _draw_shots(
+            self, rows, f"data file '{c.few_shot_files}'", k, evaluated, fields=fields
+        )
+
+    def solution_of(self, row: dict[str, Any], reference: str) -> str:
+        return row_solution(row, reference, self.config.answer_format)
+
+
+def row_solution(row: dict[str, Any], reference: str, answer_format: str) -> str:
+    """A row's `solution` field (when it has one) ending in the answer format's final
+    line; just that line for a row without a worked solution."""
+    answer_line = final_line(reference, answer_format)
+    solution = row.get("solution")
+    if isinstance(solution, str) and solution.strip():
+        if answer_format == "boxed" and "\\boxed" in solution:
+            return solution.strip()
+        return f"{solution.strip()}\n{answer_line}"
+    return answer_line
+
+
+def _draw_shots(
+    task: HubTask | JsonlTask,
+    rows: list[dict[str, Any]],
+    source: str,
+    k: int,
+    evaluated: frozenset[str],
+    *,
+    fields: tuple[str, str | None, None],
+) -> list[Shot]:
+    """`k` rows drawn (seeded by `task.seed`) among those whose question is not being
+    evaluated, as solved examples; the same ones for every problem, so prompts share a
+    prefix."""
+    key = (source, k, evaluated)
+    cache: dict[Any, list[Shot]] = task.__dict__.setdefault("_shot_cache", {})
+    if key in cache:
+        return cache[key]
+    hint = "check task.few_shot_files (or the hub split): it must have the task's fields"
+    pool = []
+    for index, row in enumerate(rows):
+        _, question, answer = row_item(
+            row, f"{source}, row {index}", index=index, fields=fields, hints=(hint, hint, hint)
+        )
+        if question not in evaluated:
+            reference = task.reference_in(answer, source) if isinstance(task, HubTask) else None
+            pool.append(Shot(question, task.solution_of(row, reference or _as_text(answer) or "")))
+    if len(pool) < k:
+        raise ConfigError(
+            f"task.few_shot={k}: {source} has only {len(pool)} solved examples that are not "
+            "being evaluated",
+            key="task.few_shot",
+            value=k,
+            hint="use fewer examples (task.few_shot) or a larger file of examples",
+        )
+    shots = random.Random(f"few-shot:{task.config.seed}").sample(pool, k)
+    cache[key] = shots
+    return shots
 
 
 def _field_hint(kind: str) -> str:
