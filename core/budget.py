@@ -203,6 +203,9 @@ class GenerateCharge:
     completion_tokens: int = 0
     flops: float = 0.0
     bytes_moved: float = 0.0
+    eflops: float = 0.0
+    request_flops: tuple[float, ...] = ()
+    """The FLOPs of each served request, in order."""
 
 
 @dataclass(frozen=True)
@@ -377,6 +380,7 @@ class Ledger:
         max_tokens: int,
         *,
         per_sample: bool = False,
+        cost: CostModel | None = None,
     ) -> Grant:
         """Check a generate call against every enforced unit and reserve its worst case.
 
@@ -384,7 +388,10 @@ class Ledger:
         raises `BudgetExceeded` when not even one token per sequence fits. `per_sample`:
         the backend counts (and may compute) the prompt once per sample
         (`Backend.prompt_tokens_per_sample`), so the worst case prefills it `n` times.
+        `cost`: the shape of the model that runs the call, when it is not the policy's
+        (a strategy's second model, e.g. the cascade's large one).
         """
+        cost = cost or self.cost
         prefills = n if per_sample else 1
         sequences = len(prompt_lens) * n
         left = self.remaining(Unit.SECONDS)
@@ -406,9 +413,11 @@ class Ledger:
         for unit in (Unit.FLOPS, Unit.EFLOPS):
             left = self.remaining(unit)
             if left is not None:
-                if not self.cost.known:
+                if not cost.known:
                     raise self._unmeasurable(unit, "the policy model")
-                allowed = self._fit(unit, prompt_lens, n, allowed, left, prefills=prefills)
+                allowed = self._fit(
+                    unit, prompt_lens, n, allowed, left, prefills=prefills, cost=cost
+                )
         for node in self._chain():  # a policy refuses on its own ledger's behalf
             if node.policy is not None:
                 allowed = node.policy.limit_generate(node, sequences=sequences, max_tokens=allowed)
@@ -417,23 +426,33 @@ class Ledger:
             Unit.TOKENS: float(sequences * allowed),
             Unit.PREFILL_TOKENS: float(prefill),
         }
-        if self.cost.known:
+        if cost.known:
             for unit in (Unit.FLOPS, Unit.EFLOPS):
-                held[unit] = self._worst(unit, prompt_lens, n, allowed, prefills=prefills)
+                held[unit] = self._worst(
+                    unit, prompt_lens, n, allowed, prefills=prefills, cost=cost
+                )
         grant = self._hold(held)
         grant.max_tokens = allowed
         grant.prefills = prefills
         return grant
 
     def _worst(
-        self, unit: Unit, prompt_lens: Sequence[int], n: int, max_tokens: int, *, prefills: int = 1
+        self,
+        unit: Unit,
+        prompt_lens: Sequence[int],
+        n: int,
+        max_tokens: int,
+        *,
+        prefills: int = 1,
+        cost: CostModel | None = None,
     ) -> float:
         """The most a call can spend in `flops` or `eflops`: every prompt token computed
         (`prefills` times), every sample running to `max_tokens` (decoded alone, so it
         reads all weights)."""
+        cost = cost or self.cost
         k = prefills
         flops = sum(
-            self.cost.generation_flops(
+            cost.generation_flops(
                 prompt_len=p, computed_prompt=k * p, completion_lens=[max_tokens] * n, prefills=k
             )
             for p in prompt_lens
@@ -441,11 +460,10 @@ class Ledger:
         if unit == Unit.FLOPS:
             return flops
         moved = sum(
-            k * self.cost.prefill_bytes(p)
-            + n * self.cost.decode_bytes(max_tokens, context_before=p, batch=1)
+            k * cost.prefill_bytes(p) + n * cost.decode_bytes(max_tokens, context_before=p, batch=1)
             for p in prompt_lens
         )
-        return self.cost.eflops(flops, moved)
+        return cost.eflops(flops, moved)
 
     def _fit(
         self,
@@ -456,9 +474,10 @@ class Ledger:
         left: float,
         *,
         prefills: int = 1,
+        cost: CostModel | None = None,
     ) -> int:
         def worst(m: int) -> float:
-            return self._worst(unit, prompt_lens, n, m, prefills=prefills)
+            return self._worst(unit, prompt_lens, n, m, prefills=prefills, cost=cost)
 
         if worst(allowed) <= left:
             return allowed
@@ -473,18 +492,24 @@ class Ledger:
             raise self._refuse(unit, worst(1))
         return lo
 
-    def charge_generate(self, grant: Grant, served: Sequence[Served]) -> GenerateCharge:
+    def charge_generate(
+        self, grant: Grant, served: Sequence[Served], *, cost: CostModel | None = None
+    ) -> GenerateCharge:
         """Debit what a generate call really spent (its FLOPs and bytes from the cost
-        model) and release its reservation."""
-        cost = self.cost
+        model: `cost`, when another model than the policy ran it) and release its
+        reservation."""
+        cost = cost or self.cost
         flops = bytes_moved = 0.0
+        per_request = []
         for r in served:
-            flops += cost.generation_flops(
+            one = cost.generation_flops(
                 prompt_len=r.prompt_len,
                 computed_prompt=r.prompt_tokens - r.cached_prompt_tokens,
                 completion_lens=list(r.completion_lens),
                 prefills=len(r.completion_lens) if grant.prefills > 1 else 1,
             )
+            per_request.append(one)
+            flops += one
             bytes_moved += sum(
                 cost.decode_bytes(k, context_before=r.prompt_len, batch=max(r.batch_size, 1))
                 for k in r.completion_lens
@@ -496,6 +521,8 @@ class Ledger:
             completion_tokens=sum(r.completion_tokens for r in served),
             flops=flops,
             bytes_moved=bytes_moved,
+            eflops=cost.eflops(flops, bytes_moved) if cost.known else 0.0,
+            request_flops=tuple(per_request),
         )
         self.release(grant)
         for node in self._chain():
@@ -512,7 +539,7 @@ class Ledger:
         s.prefill_tokens += c.prompt_tokens - c.cached_prompt_tokens
         s.flops += c.flops
         s.bytes += c.bytes_moved
-        s.eflops += self.cost.eflops(c.flops, c.bytes_moved) if self.cost.known else 0.0
+        s.eflops += c.eflops
         if self.policy is not None:
             self.policy.after_generate(self, tokens=c.completion_tokens, samples=c.sequences)
 

@@ -27,7 +27,7 @@ from ttc.aggregation import aggregate, tally
 from ttc.budget import Budget, Ledger, Served, Unit
 from ttc.cost import CostModel
 from ttc.errors import BackendError, BudgetExceeded, ConfigError
-from ttc.interfaces import Allocator, Strategy, Task
+from ttc.interfaces import Allocator, Backend, Strategy, Task
 from ttc.scheduler import Scheduler
 from ttc.types import (
     Branch,
@@ -41,6 +41,20 @@ from ttc.types import (
     Solution,
     top_k_entropy,
 )
+
+POLICY = "policy"
+"""The model name of the run's own backend in `ctx.generate(..., model=...)`."""
+
+
+@dataclass(frozen=True)
+class ModelRoute:
+    """A second model a strategy generates with (`Strategy.models`): its backend, the
+    scheduler that batches its calls across problems, and its cost model (its FLOPs are
+    charged at its own shape)."""
+
+    backend: Backend
+    scheduler: Scheduler
+    cost: CostModel
 
 
 @dataclass
@@ -67,6 +81,7 @@ class ProblemContext:
         aggregate: str = "last",
         seed: int = 0,
         on_call: Callable[[CallRecord], None] | None = None,
+        models: Mapping[str, ModelRoute] | None = None,
     ) -> None:
         self.problem = problem
         self.rng = random.Random(f"{seed}:{problem.id}")
@@ -79,6 +94,8 @@ class ProblemContext:
         self._aggregate = aggregate
         self._on_call = on_call
         self._tree = _Tree(nodes={0: self.root})
+        self._models = dict(models or {})
+        self._model_prompts: dict[str, str] = {}
         reward = scheduler.reward
         if reward is not None and not ledger.reward_cost.known:
             # the reward model's FLOPs are charged at its own shape (known once started)
@@ -147,27 +164,80 @@ class ProblemContext:
             node = self._tree.nodes.get(node.parent_id)
         return chain[::-1]
 
-    async def generate(self, branches: Sequence[Branch], sampling: Sampling) -> list[Branch]:
+    @property
+    def models(self) -> tuple[str, ...]:
+        """The models `generate` may run on: the policy and the strategy's own."""
+        return (POLICY, *self._models)
+
+    def _route(self, model: str) -> ModelRoute:
+        if model not in self._models:
+            raise ConfigError(
+                f"no model '{model}' to generate with; this run has: {', '.join(self.models)}",
+                key="strategy",
+                hint="a strategy that generates with a second model declares it in "
+                "Strategy.models (e.g. strategy.large_backend for cascade)",
+            )
+        return self._models[model]
+
+    async def _requests_on(
+        self, model: str, route: ModelRoute, branches: Sequence[Branch]
+    ) -> list[tuple[str, tuple[int, ...]]]:
+        """The prompts of `branches` for another model: its own rendering of the problem,
+        then the branch's text, tokenised by its own tokenizer."""
+
+        def build() -> list[tuple[str, tuple[int, ...]]]:
+            if model not in self._model_prompts:
+                self._model_prompts[model] = route.backend.render(self.problem)
+            head = self._model_prompts[model]
+            return [(head + b.text, tuple(route.backend.encode(head + b.text))) for b in branches]
+
+        if getattr(route.backend, "blocking_codec", False):
+            return await asyncio.to_thread(build)
+        return build()
+
+    def _piece_ids(self, text: str) -> tuple[int, ...]:
+        """`text` in the policy's token ids, without the BOS its encoding may add."""
+        backend = self._scheduler.backend
+        ids = list(backend.encode(text))
+        bos = list(backend.encode(""))
+        return tuple(ids[len(bos) :] if bos and ids[: len(bos)] == bos else ids)
+
+    async def generate(
+        self, branches: Sequence[Branch], sampling: Sampling, *, model: str | None = None
+    ) -> list[Branch]:
         """Continue every branch `sampling.n` times; return the children, grouped by parent
         in order. Raises `BudgetExceeded` (nothing spent) when the budget cannot cover even
         one token per sequence; `max_tokens` may be lowered to what the budget allows.
         A branch whose request fails is recorded and dropped; when all fail,
-        `BackendError` is raised."""
+        `BackendError` is raised.
+
+        `model` names the model to run on (`models`): None or `policy` is the run's
+        backend; another name is a model the strategy declared, which continues the
+        branch's text after its own rendering of the problem (its tokens are re-encoded
+        in the policy's vocabulary for the tree) and is charged at its own shape. With
+        `model` given, each child records `extra["model"]`, `extra["model_tokens"]` (what
+        that model generated) and `extra["flops"]` (its share of the call's FLOPs)."""
         if not branches:
             return []
+        route = None if model in (None, POLICY) else self._route(str(model))
+        scheduler = route.scheduler if route is not None else self._scheduler
         if self._wants_logprobs and not sampling.logprobs:
             sampling = sampling.replace(logprobs=True)
         reward = self._scheduler.reward
         top = reward.top_logprobs if reward is not None else 0
         if top > sampling.top_logprobs:  # the reward reads each token's top-k entropy
             sampling = sampling.replace(logprobs=True, top_logprobs=top)
-        base = len(self._prompt_ids)
-        prompt_lens = [base + len(b.token_ids) for b in branches]
+        if route is None:
+            prompts = [(self._prompt + b.text, self._prompt_ids + b.token_ids) for b in branches]
+        else:
+            prompts = await self._requests_on(str(model), route, branches)
+        prompt_lens = [len(ids) for _, ids in prompts]
         sequences = len(branches) * sampling.n
-        per_sample = self._scheduler.backend.prompt_tokens_per_sample
+        per_sample = scheduler.backend.prompt_tokens_per_sample
+        cost = route.cost if route is not None else None
         try:
             grant = self._ledger.authorize_generate(
-                prompt_lens, sampling.n, sampling.max_tokens, per_sample=per_sample
+                prompt_lens, sampling.n, sampling.max_tokens, per_sample=per_sample, cost=cost
             )
         except BudgetExceeded as exc:
             self._record("generate", "refused", len(branches), sequences, error=str(exc))
@@ -176,17 +246,17 @@ class ProblemContext:
             sampling = sampling.replace(max_tokens=grant.max_tokens)
         requests = [
             GenerateRequest(
-                prompt=self._prompt + b.text,
-                prompt_token_ids=self._prompt_ids + b.token_ids,
+                prompt=text,
+                prompt_token_ids=ids,
                 sampling=sampling.replace(
                     seed=sampling.seed if sampling.seed is not None else self.rng.getrandbits(31)
                 ),
             )
-            for b in branches
+            for text, ids in prompts
         ]
         t0 = time.perf_counter()
         try:
-            outcomes = await self._scheduler.generate(requests)
+            outcomes = await scheduler.generate(requests)
         except BaseException:
             self._ledger.release(grant)
             raise
@@ -194,6 +264,7 @@ class ProblemContext:
 
         children: list[Branch] = []
         served: list[Served] = []
+        produced: list[list[Branch]] = []
         batch = 0
         errors: list[str] = []
         for parent, plen, out in zip(branches, prompt_lens, outcomes, strict=True):
@@ -214,8 +285,16 @@ class ProblemContext:
                     batch_size=out.batch_size,
                 )
             )
-            children.extend(self._child(parent, g) for g in result.generations)
-        charge = self._ledger.charge_generate(grant, served)
+            mine = [self._child(parent, g, recode=route is not None) for g in result.generations]
+            produced.append(mine)
+            children.extend(mine)
+        charge = self._ledger.charge_generate(grant, served, cost=cost)
+        if model is not None:
+            for mine, flops in zip(produced, charge.request_flops, strict=True):
+                for child in mine:
+                    child.extra["model"] = str(model)
+                    child.extra["model_tokens"] = child.new_tokens
+                    child.extra["flops"] = flops / max(len(mine), 1)
         self._record(
             "generate",
             "ok" if not errors else "error",
@@ -236,12 +315,15 @@ class ProblemContext:
             self._ledger.observe_answers([self.normalize(a) for a in stated if a is not None])
         return children
 
-    def _child(self, parent: Branch, g: Generation) -> Branch:
+    def _child(self, parent: Branch, g: Generation, *, recode: bool = False) -> Branch:
+        """A new node for generation `g` of `parent`; `recode`: `g` came from another
+        model, whose token ids are re-encoded from its text in the policy's vocabulary."""
+        new_ids = self._piece_ids(g.text) if recode else g.token_ids
         child = Branch(
             id=len(self._tree.nodes),
             parent_id=parent.id,
             step=parent.step + 1,
-            token_ids=parent.token_ids + g.token_ids,
+            token_ids=parent.token_ids + new_ids,
             step_texts=(*parent.step_texts, g.text),
             cum_logprob=parent.cum_logprob + (sum(g.logprobs) if g.logprobs else 0.0),
             token_logprobs=g.logprobs or (),

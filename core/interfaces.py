@@ -54,10 +54,19 @@ class SolveContext(Protocol):
     rng: random.Random
     """The problem's own random stream (seeded by the run's seed and the problem id)."""
 
-    async def generate(self, branches: Sequence[Branch], sampling: Sampling) -> list[Branch]:
+    async def generate(
+        self, branches: Sequence[Branch], sampling: Sampling, *, model: str | None = None
+    ) -> list[Branch]:
         """Continue each branch `sampling.n` times; the children, grouped by parent in
         order (a child is `finished` unless a stop string ended it). `max_tokens` may be
-        lowered to what the budget allows. A request that fails is dropped (recorded)."""
+        lowered to what the budget allows. A request that fails is dropped (recorded).
+        `model`: one of `models` (None: the run's policy); a second model continues the
+        branch's text and is charged at its own shape (see `Strategy.models`)."""
+        ...
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        """The models `generate` can run on: `policy` and those the strategy declared."""
         ...
 
     async def score(self, branches: Sequence[Branch]) -> list[float]:
@@ -239,6 +248,13 @@ class Strategy(abc.ABC):
 
     def __init__(self, config: Any) -> None:
         self.config = config
+
+    def models(self) -> dict[str, dict[str, Any]]:
+        """Further models this strategy generates with, by the name it passes to
+        `ctx.generate(..., model=name)`: each a mapping of overrides of the run's `backend`
+        config (`{"model": "gemma3-270m"}`; `name` picks another backend kind). The runner
+        builds, starts and batches each like the run's backend. Default: none."""
+        return {}
 
     @abc.abstractmethod
     def solve(

@@ -16,14 +16,14 @@ import platform
 import sys
 import traceback
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from ttc.budget import Budget, Ledger
 from ttc.config import StoreConfig, instantiate_config, to_object, validate
-from ttc.context import ProblemContext, solve_problem
+from ttc.context import ModelRoute, ProblemContext, solve_problem
 from ttc.cost import CostModel, check_measurable
 from ttc.errors import ConfigError, DataError
 from ttc.executor import remote_executor
@@ -54,6 +54,10 @@ class Components:
     reward: RewardModel | None
     strategy: Strategy
     allocator: Allocator
+    models: dict[str, Backend] = field(default_factory=dict)
+    """The strategy's further models (`Strategy.models`), by name."""
+    routes: dict[str, ModelRoute] = field(default_factory=dict)
+    """Their schedulers and cost models, once started (`start_models`)."""
 
 
 def build_components(cfg: DictConfig, registry: Registry) -> Components:
@@ -90,7 +94,41 @@ def build_components(cfg: DictConfig, registry: Registry) -> Components:
         reward=reward,
         strategy=strategy,
         allocator=allocator_cls(allocator_cfg, budget),
+        models=build_models(cfg, registry, strategy),
     )
+
+
+def build_models(cfg: DictConfig, registry: Registry, strategy: Strategy) -> dict[str, Backend]:
+    """The backends of a strategy's further models: the run's `backend` config with the
+    strategy's overrides for each (`Strategy.models`)."""
+    out: dict[str, Backend] = {}
+    for role, overrides in strategy.models().items():
+        run_backend = OmegaConf.to_container(cfg.backend, resolve=True)
+        assert isinstance(run_backend, dict)
+        if overrides.get("name", run_backend["name"]) != run_backend["name"]:
+            run_backend = {}  # another kind of backend: none of the run's keys apply
+        node = OmegaConf.merge(run_backend, overrides)
+        reg = registry.get("backend", str(node.name))
+        # by convention the strategy's key for model `role` is `<role>_backend`
+        key = f"strategy.{role}_backend"
+        out[role] = reg.cls(instantiate_config(reg.config_cls, node, key))
+    return out
+
+
+async def start_models(parts: Components, cfg: DictConfig) -> None:
+    """Start the strategy's further models, each behind a scheduler of its own."""
+    for role, backend in parts.models.items():
+        await backend.start()
+        parts.routes[role] = ModelRoute(
+            backend=backend,
+            scheduler=Scheduler(
+                backend,
+                None,
+                max_batch_size=cfg.scheduler.max_batch_size,
+                max_wait_s=cfg.scheduler.max_wait_ms / 1000.0,
+            ),
+            cost=CostModel(backend.architecture),
+        )
 
 
 def versions(registry: Registry) -> dict[str, Any]:
@@ -299,6 +337,8 @@ class Runner:
                 if executor is not None:
                     executor.close()
                 await parts.backend.close()
+                for extra in parts.models.values():
+                    await extra.close()
                 if parts.reward is not None:
                     await parts.reward.close()
             finally:
@@ -392,6 +432,7 @@ class Runner:
                 aggregate=aggregate_how,
                 seed=seed,
                 on_call=on_call,
+                models=parts.routes,
             )
         except Exception as exc:
             return _failed_before_solving(index, problem, exc)
@@ -433,10 +474,12 @@ class Runner:
 async def start_components(
     cfg: DictConfig, parts: Components, problems: list[Problem]
 ) -> Scheduler:
-    """Plan the allocator over `problems`, start the backend and reward model, check that
+    """Plan the allocator over `problems`, start the backend, the strategy's further
+    models (`start_models`) and the reward model, check that
     the budget's units can be measured, and return the scheduler in front of them."""
     parts.allocator.plan(problems)
     await parts.backend.start()
+    await start_models(parts, cfg)
     if parts.reward is not None:
         await parts.reward.start()
     check_measurable(parts.allocator.budget.limits(), backend=parts.backend, reward=parts.reward)

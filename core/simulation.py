@@ -17,6 +17,12 @@ reward=sim`).
   a prompt's longest block-aligned prefix that an earlier sequence (prompt or
   generation) covered is reported as `cached_prompt_tokens`, as vLLM's automatic prefix
   caching does, and a `SimClock` that each call advances by `seconds_per_call`.
+- a `sim` backend with its own `q` (`SimBackendConfig.q`) is one of several models of
+  different skill on the same problems (the cascade's small and large models): each step
+  has a fixed hardness h ~ U(0, 1) per (problem, step), the model takes it right with
+  probability `q ** (2 h)`, and, asked for top-k logprobs, reports for every token of
+  the step a distribution whose entropy grows with h (0 at h = 0, ln k at h = 1): a
+  model is unsure exactly where it tends to err.
 - `sim_self` backend: the same policy as an engine that batches by itself
   (`batches_itself`) and counts the prompt once per sample (`prompt_tokens_per_sample`,
   like vLLM); the samples after the first find the prompt's blocks in the cache.
@@ -96,6 +102,23 @@ def _depth(done: str) -> int | None:
     return int(found[-1]) if found else None
 
 
+def hardness(head: dict[str, str], step: int) -> float:
+    """The fixed hardness in [0, 1) of step `step` (from 1) of a problem."""
+    return _unit("hard", head.get("id", ""), step).random()
+
+
+def _alternatives(token: int, h: float, k: int) -> tuple[tuple[int, float], ...]:
+    """k alternatives, `token` first with probability 1 - h (1 - 1/k) and the rest
+    sharing the remainder: entropy 0 at h = 0, ln k at h = 1, increasing in between."""
+    import math
+
+    top = 1.0 - h * (1.0 - 1.0 / k)
+    rest = (1.0 - top) / (k - 1) if k > 1 else 0.0
+    out = [(token, math.log(top))]
+    out += [((token + j) % 256, math.log(rest)) for j in range(1, k) if rest > 0.0]
+    return tuple(out)
+
+
 def expected_accuracy(steps: int, q: float) -> float:
     """P(one sample is right)."""
     return q**steps if steps else q
@@ -110,6 +133,9 @@ class SimBackendConfig(BackendConfig):
     prefix_cache: bool = True
     """Report prompt tokens an earlier sequence covered as cached (block-aligned)."""
     seconds_per_call: float = bounded(0.0, ge=0.0, help="what each call adds to `clock`")
+    q: float | None = bounded(
+        None, ge=0.0, le=1.0, help="this model's own skill (None: the problem's q, no hardness)"
+    )
 
 
 BLOCK = 16
@@ -181,10 +207,15 @@ class SimBackend(Backend):
         )
 
     @staticmethod
-    def next_chunk(head: dict[str, str], done: str, rng: random.Random) -> tuple[str, bool]:
-        """The next step (or the final answer) after the solution text `done`."""
+    def next_chunk(
+        head: dict[str, str], done: str, rng: random.Random, *, skill: float | None = None
+    ) -> tuple[str, bool]:
+        """The next step (or the final answer) after the solution text `done`; `skill`:
+        the model's own q, applied through each step's hardness (`hardness`)."""
         steps, q = int(head["steps"]), float(head["q"])
         k = done.count("Step ")
+        if skill is not None:
+            q = skill ** (2.0 * hardness(head, k + 1))
         right_so_far = "err" not in done
         depth = _depth(done)
         if depth is None:  # the first step fixes the solution's depth
@@ -215,11 +246,15 @@ class SimBackend(Backend):
         head = parse_header(req.prompt)
         done = req.prompt.partition(PROMPT_END)[2]
         gens = []
+        skill = self.config.q
         for i in range(s.n):
             rng = random.Random(f"{s.seed}:{i}")
             text, reason, hit = "", None, None
+            hard: list[float] = []  # per character: the hardness of its step
             while reason is None:
-                chunk, ended = self.next_chunk(head, done + text, rng)
+                h = hardness(head, (done + text).count("Step ") + 1)
+                chunk, ended = self.next_chunk(head, done + text, rng, skill=skill)
+                hard += [h] * len(chunk)
                 text, hit = cut_at_stop(text + chunk, s.stop)
                 if len(text) > s.max_tokens:
                     text, reason, hit = text[: s.max_tokens], "length", None
@@ -230,6 +265,12 @@ class SimBackend(Backend):
                 elif len(text) == s.max_tokens:
                     reason = "length"
             ids = tuple(self.encode(text))
+            top = None
+            if skill is not None and s.logprobs and s.top_logprobs:
+                hard = hard[: len(ids)]  # the text may have been cut at max_tokens
+                top = tuple(
+                    _alternatives(t, h, s.top_logprobs) for t, h in zip(ids, hard, strict=True)
+                )
             gens.append(
                 Generation(
                     token_ids=ids,
@@ -237,6 +278,7 @@ class SimBackend(Backend):
                     finish_reason=reason,  # type: ignore[arg-type]
                     logprobs=tuple(-0.1 for _ in ids) if s.logprobs else None,
                     stop_reason=hit,
+                    top_logprobs=top,
                 )
             )
         return GenerateResult(generations=tuple(gens), usage=self._usage(req, gens))

@@ -22,14 +22,14 @@ import random
 import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from ttc.budget import Budget, Ledger, Spent
 from ttc.config import BackendConfig, RewardConfig, TaskConfig, bounded
 from ttc.conformance import BackendConformance as BackendConformance  # re-exported
 from ttc.conformance import RewardConformance as RewardConformance
-from ttc.context import ProblemContext, solve_problem
+from ttc.context import ModelRoute, ProblemContext, solve_problem
 from ttc.cost import CostModel
 from ttc.interfaces import Allocator, Backend, RewardModel, Strategy, Task
 from ttc.scheduler import Scheduler
@@ -308,11 +308,12 @@ def wire(
     aggregate: str = "last",
     seed: int = 0,
     clock: Callable[[], float] | None = None,
+    models: Mapping[str, ModelRoute] | None = None,
 ) -> tuple[ProblemContext, Ledger]:
     """What the runner builds for one problem: its prompt (rendered and encoded by the
     scheduler's backend), its ledger (with the backend's cost model; `clock` for the
     `seconds` unit, default the backend's `clock` if it has one, else wall time) and its
-    context."""
+    context (with the strategy's further `models`, see `routes`)."""
     backend = scheduler.backend
     prompt = backend.render(problem)
     clock = clock or getattr(backend, "clock", None)
@@ -326,8 +327,22 @@ def wire(
         task=task,
         aggregate=aggregate,
         seed=seed,
+        models=models,
     )
     return ctx, ledger
+
+
+def routes(models: Mapping[str, Backend], *, max_batch_size: int = 512) -> dict[str, ModelRoute]:
+    """A route (own scheduler, own cost model) per further model, as the runner builds
+    them for `Strategy.models`."""
+    return {
+        name: ModelRoute(
+            backend=b,
+            scheduler=Scheduler(b, None, max_batch_size=max_batch_size, max_wait_s=0.0),
+            cost=CostModel(b.architecture),
+        )
+        for name, b in models.items()
+    }
 
 
 def solve_all(
@@ -343,16 +358,28 @@ def solve_all(
     seed: int = 0,
     max_batch_size: int = 512,
     on_error: Callable[[Problem, ProblemContext, BaseException], Solution] | None = None,
+    models: Mapping[str, Backend] | None = None,
 ) -> list[Outcome]:
     """Solve every problem concurrently through one scheduler, as the Runner does (the
     allocator's budget and plan included), without a store. `on_error` turns an
     exception a problem raised into its solution (the runner records it as an error);
-    without it the exception propagates."""
+    without it the exception propagates. `models`: the backends of the strategy's
+    further models (`Strategy.models`); by default each is a twin of `backend` (same
+    class and config)."""
+    if models is None:
+        models = {name: type(backend)(backend.config) for name in strategy.models()}
+    extra = dict(models)
 
-    async def one(scheduler: Scheduler, problem: Problem) -> Outcome:
+    async def one(scheduler: Scheduler, problem: Problem, paths: dict[str, ModelRoute]) -> Outcome:
         b = allocator.budget_for(problem) if allocator is not None else budget
         ctx, ledger = wire(
-            problem, scheduler=scheduler, task=task, budget=b, aggregate=aggregate, seed=seed
+            problem,
+            scheduler=scheduler,
+            task=task,
+            budget=b,
+            aggregate=aggregate,
+            seed=seed,
+            models=paths,
         )
         try:
             sol = await solve_problem(strategy, problem, ctx, ledger, allocator=allocator)
@@ -364,9 +391,10 @@ def solve_all(
 
     async def go() -> list[Outcome]:
         scheduler = Scheduler(backend, reward, max_batch_size=max_batch_size, max_wait_s=0.0)
+        paths = routes(extra, max_batch_size=max_batch_size)
         if allocator is not None:
             allocator.plan(list(problems))
-        return list(await asyncio.gather(*(one(scheduler, p) for p in problems)))
+        return list(await asyncio.gather(*(one(scheduler, p, paths) for p in problems)))
 
     return asyncio.run(go())
 

@@ -33,6 +33,7 @@ def register_strategies(register: Callable[..., None]) -> None:
     from ttc.strategies.beam_search import BeamSearch, BeamSearchConfig
     from ttc.strategies.best_of_majority import BestOfMajority, BestOfMajorityConfig
     from ttc.strategies.best_of_n import BestOfN, BestOfNConfig
+    from ttc.strategies.cascade import Cascade, CascadeConfig
     from ttc.strategies.dvts import Dvts, DvtsConfig
     from ttc.strategies.particle_filter import ParticleFilter, ParticleFilterConfig
     from ttc.strategies.particle_gibbs import ParticleGibbs, ParticleGibbsConfig
@@ -49,6 +50,7 @@ def register_strategies(register: Callable[..., None]) -> None:
     register(AStar, AStarConfig)
     register(AdaptiveConsistency, AdaptiveConsistencyConfig)
     register(Rebase, RebaseConfig)
+    register(Cascade, CascadeConfig)
 
 
 @ttc.hookimpl

@@ -175,6 +175,8 @@ class ProblemWorker:
 
     async def close(self) -> None:
         await self.parts.backend.close()
+        for extra in self.parts.models.values():  # a strategy's further models
+            await extra.close()
         if self.parts.reward is not None:
             await self.parts.reward.close()
         self.store.close()

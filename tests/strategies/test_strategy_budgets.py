@@ -16,6 +16,7 @@ from ttc.strategies.adaptive_consistency import AdaptiveConsistency, AdaptiveCon
 from ttc.strategies.beam_search import BeamSearch, BeamSearchConfig
 from ttc.strategies.best_of_majority import BestOfMajority, BestOfMajorityConfig
 from ttc.strategies.best_of_n import BestOfN, BestOfNConfig
+from ttc.strategies.cascade import Cascade, CascadeConfig
 from ttc.strategies.dvts import Dvts, DvtsConfig
 from ttc.strategies.particle_filter import ParticleFilter, ParticleFilterConfig
 from ttc.strategies.particle_gibbs import ParticleGibbs, ParticleGibbsConfig
@@ -34,6 +35,17 @@ STRATEGIES: dict[str, Callable[[], Strategy]] = {
     "particle_gibbs": lambda: ParticleGibbs(ParticleGibbsConfig(particles=3, iterations=2)),
     "a_star": lambda: AStar(AStarConfig(expansions=2)),
     "rebase": lambda: Rebase(RebaseConfig(width=4)),
+    # two models (the second a twin of the backend); a low threshold makes it switch
+    "cascade": lambda: Cascade(
+        CascadeConfig(
+            n=2,
+            large_model=None,
+            threshold=0.05,
+            step_delimiter="\n\n",
+            chunk_tokens=64,
+            large_tokens=64,
+        )
+    ),
 }
 
 BUDGETS = [
@@ -97,7 +109,10 @@ def sim_plugin(monkeypatch: pytest.MonkeyPatch) -> None:
     reset_registry()
 
 
-@pytest.mark.parametrize("name", sorted(n for n in STRATEGIES if n != "best_of_n_stepwise"))
+# (cascade runs through the runner with its second model in test_cascade.py)
+@pytest.mark.parametrize(
+    "name", sorted(n for n in STRATEGIES if n not in ("best_of_n_stepwise", "cascade"))
+)
 def test_runs_through_the_runner_and_stores_its_tree(
     name: str, sim_plugin: None, tmp_path: Path
 ) -> None:
