@@ -338,7 +338,9 @@ class ProblemContext:
         self._tree.nodes[child.id] = child
         return child
 
-    async def score(self, branches: Sequence[Branch]) -> list[float]:
+    async def score(
+        self, branches: Sequence[Branch], *, verifications: int | None = None
+    ) -> list[float]:
         """Score branches with the reward model; store per-step scores and the aggregated
         score (`reward.aggregate`) on each branch, and return the aggregated scores. Steps
         scored by an earlier call are passed as already scored, so incremental reward
@@ -347,7 +349,9 @@ class ProblemContext:
         `flops` or `eflops` is enforced, and its passes' FLOPs are charged from the reward
         model's own shape. A branch whose scoring fails keeps `score = None` (it ranks
         last; its entry in the returned list is -inf) and the failure is recorded in
-        `score_error`; when every branch fails, `BackendError` is raised."""
+        `score_error`; when every branch fails, `BackendError` is raised. `verifications`:
+        how many verifications a generative verifier writes per branch (`judge` in
+        `generative` mode; None: its own setting)."""
         reward = self._scheduler.reward
         if reward is None:
             raise ConfigError(
@@ -370,6 +374,7 @@ class ProblemContext:
                 step_entropies=(
                     tuple(n.token_entropies for n in self.path(b)) if reward.top_logprobs else None
                 ),
+                verifications=verifications,
             )
             for b in branches
         ]

@@ -69,9 +69,13 @@ class SolveContext(Protocol):
         """The models `generate` can run on: `policy` and those the strategy declared."""
         ...
 
-    async def score(self, branches: Sequence[Branch]) -> list[float]:
+    async def score(
+        self, branches: Sequence[Branch], *, verifications: int | None = None
+    ) -> list[float]:
         """Score branches with the reward model: sets `step_scores` and `score` on each
-        (`score` None, -inf in the list, where scoring failed) and returns the scores."""
+        (`score` None, -inf in the list, where scoring failed) and returns the scores.
+        `verifications`: how many verifications a generative verifier writes per branch
+        (None: the reward's own setting)."""
         ...
 
     def answer(self, branch: Branch) -> str | None:

@@ -137,6 +137,9 @@ class ScoreRequest:
     step_logprobs: tuple[tuple[float, ...], ...] | None = None
     """Token logprobs of each step, when the generations carried them (for rewards that
     read the policy's own confidence)."""
+    verifications: int | None = None
+    """How many verifications a generative verifier writes for this branch (None: its
+    own setting; rewards that do not verify ignore it)."""
 
 
 @dataclass(frozen=True, slots=True)

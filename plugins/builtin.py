@@ -80,12 +80,17 @@ def register_allocators(register: Callable[..., None]) -> None:
     from ttc.plugins.allocators.fixed import FixedAllocator, FixedAllocatorConfig
     from ttc.plugins.allocators.global_pool import GlobalAllocator, GlobalAllocatorConfig
     from ttc.plugins.allocators.rollover import RolloverAllocator, RolloverAllocatorConfig
+    from ttc.plugins.allocators.solve_verify import (
+        SolveVerifyAllocator,
+        SolveVerifyAllocatorConfig,
+    )
 
     register(FixedAllocator, FixedAllocatorConfig)
     register(GlobalAllocator, GlobalAllocatorConfig)
     register(AdaptiveStopAllocator, AdaptiveStopAllocatorConfig)
     register(RolloverAllocator, RolloverAllocatorConfig)
     register(DifficultyAllocator, DifficultyAllocatorConfig)
+    register(SolveVerifyAllocator, SolveVerifyAllocatorConfig)
 
 
 @ttc.hookimpl

@@ -40,6 +40,9 @@ class BestOfNConfig(SampleConfig):
     step_delimiter: str = ""
     """Draw samples step by step, a step ending at this string (empty: in one call)."""
     max_steps: int = bounded(32, ge=1, help="steps per sample at most (step_delimiter set)")
+    verifications: int | None = bounded(
+        None, ge=1, help="verifications per sample by a generative verifier (None: its own)"
+    )
 
 
 def sampling_for(ctx: SolveContext, c: Any, n: int) -> Sampling:
@@ -114,5 +117,5 @@ class BestOfN(Strategy):
         # Unranked samples still carry information: their majority, should scoring be
         # refused.
         yield solution(ctx, majority(ctx, samples), ranked=False)
-        await ctx.score(samples)
+        await ctx.score(samples, verifications=c.verifications)
         yield solution(ctx, best_by_score(samples, c.aggregate), n=len(samples), ranked=True)

@@ -10,9 +10,14 @@ and without a leading space):
 - `mode=solution`: one question about the whole solution so far ("is this solution
   correct?"); earlier steps keep the scores their prefixes got.
 - `mode=generative`: a generative verifier for completed solutions only. The model first
-  writes a verification (greedy, up to `verify_max_tokens`), then the score is P(Yes)
-  after "Verdict:". It has its own budget: `verify_tokens` generated tokens per problem;
-  once spent, completed solutions are scored as in `mode=solution`. Unfinished branches
+  writes `verifications` (V) verifications (greedy when V = 1, else sampled at
+  `verify_temperature`, up to `verify_max_tokens` each), then reads P(Yes) after
+  "Verdict:" behind each; the V verdicts are aggregated (`verdicts`: their mean P(Yes),
+  or the share of them that say Yes) — S solutions x V verifications (Singhi et al.,
+  "When To Solve, When To Verify", 2025). A score request may ask for its own V
+  (`ScoreRequest.verifications`, from `ctx.score(..., verifications=V)`). It has its own
+  budget: `verify_tokens` generated tokens per problem; once a solution's V
+  verifications no longer fit, it is scored as in `mode=solution`. Unfinished branches
   score 0.5 (no verdict yet).
 
 The judge reaches the policy model through the run's scheduler (`RewardModel.policy`),
@@ -77,6 +82,13 @@ class JudgeConfig(RewardConfig):
     verify_prompt: str = VERIFY_PROMPT
     """Generative mode: template with {question} and {solution}."""
     verify_max_tokens: int = bounded(256, ge=1, help="tokens per verification")
+    verifications: int = bounded(1, ge=1, help="generative mode: verifications per solution (V)")
+    verify_temperature: float = bounded(
+        0.7, ge=0.0, help="sampling temperature of the verifications when V > 1"
+    )
+    verdicts: str = bounded(
+        "mean", choices=["mean", "vote"], help="V verdicts -> score: mean P(Yes) or Yes share"
+    )
     verify_tokens: int = bounded(2048, ge=0, help="verification tokens per problem")
     top_logprobs: int = bounded(20, ge=1, help="next-token alternatives read per question")
     yes_words: list[str] = field(default_factory=lambda: ["Yes", "yes", "YES"])
@@ -180,25 +192,34 @@ class Judge(RewardModel):
                 continue
             pid = r.problem.id
             left = self.config.verify_tokens - self.verify_spent[pid] - reserved[pid]
-            if generative and left >= self.config.verify_max_tokens:
-                reserved[pid] += self.config.verify_max_tokens
+            v = self.verifications_of(r)
+            if generative and left >= v * self.config.verify_max_tokens:
+                reserved[pid] += v * self.config.verify_max_tokens
                 text = self.config.verify_prompt.format(question=q, solution=solution)
                 plan.verify[key] = (i, self._question(text))
+                plan.count[key] = v
             else:
                 text = self.config.solution_prompt.format(question=q, solution=solution)
                 plan.ask[key] = (i, self._question(text))
         return plan
 
+    def verifications_of(self, request: ScoreRequest) -> int:
+        """V for one request: its own, else the config's."""
+        v = request.verifications
+        return self.config.verifications if v is None else max(int(v), 1)
+
     def worst_case(self, requests: Sequence[ScoreRequest]) -> list[ModelPass]:
-        """Every question's prompt computed whole; every verification written to
-        `verify_max_tokens`, then its verdict question read whole."""
+        """Every question's prompt computed whole; each of a solution's V verifications
+        written to `verify_max_tokens` (its prompt computed once per verification), then
+        its verdict question read whole."""
         plan = self._plan(requests)
         verdict = len(self._encode_piece(VERDICT))
         passes = [ModelPass(prompt=len(q.ids)) for _, q in plan.ask.values()]
-        for _, q in plan.verify.values():
+        for key, (_, q) in plan.verify.items():
             written = self.config.verify_max_tokens
-            passes.append(ModelPass(prompt=len(q.ids), decode=written))
-            passes.append(ModelPass(prompt=len(q.ids) + written + verdict))
+            for _ in range(plan.count.get(key, 1)):
+                passes.append(ModelPass(prompt=len(q.ids), decode=written))
+                passes.append(ModelPass(prompt=len(q.ids) + written + verdict))
         return passes
 
     # -- scoring ----------------------------------------------------------------------
@@ -248,6 +269,11 @@ class Judge(RewardModel):
             for (key, (owner, _)), res in zip(items, results, strict=True):
                 self.scores.put(key, p_yes(res.generations[0], yes, no))
                 passes[owner].append(_pass(res))
+            for key, parts in plan.verdicts.items():  # a solution's V verdicts, aggregated
+                values = [self._get(k) for k in parts]
+                if self.config.verdicts == "vote":
+                    values = [1.0 if v > 0.5 else 0.0 for v in values]
+                self.scores.put(key, sum(values) / len(values))
         out = []
         for i, row in enumerate(plan.keys):
             mine = tuple(passes.get(i, ()))
@@ -273,22 +299,34 @@ class Judge(RewardModel):
         """Write the verifications; their verdict questions join `plan.ask`."""
         cfg = self.config
         items = list(plan.verify.items())
-        for _, (owner, _) in items:
-            self.verify_spent[requests[owner].problem.id] += cfg.verify_max_tokens  # reserve
-        sampling = Sampling(n=1, temperature=0.0, max_tokens=cfg.verify_max_tokens)
-        results = await self._ask([q for _, (_, q) in items], sampling)
+        for key, (owner, _) in items:  # reserve
+            v = plan.count.get(key, 1)
+            self.verify_spent[requests[owner].problem.id] += v * cfg.verify_max_tokens
+        # one call per V: the V verifications of a solution are samples of one request
+        groups: dict[int, list[tuple[str, tuple[int, _Question]]]] = defaultdict(list)
+        for item in items:
+            groups[plan.count.get(item[0], 1)].append(item)
         verdict = self._encode_piece(VERDICT)
-        for (key, (owner, q)), res in zip(items, results, strict=True):
-            g = res.generations[0]
-            # the reservation becomes what the verification really generated
-            self.verify_spent[requests[owner].problem.id] += (
-                len(g.token_ids) - cfg.verify_max_tokens
+        for v, group in groups.items():
+            sampling = Sampling(
+                n=v,
+                temperature=0.0 if v == 1 else cfg.verify_temperature,
+                max_tokens=cfg.verify_max_tokens,
             )
-            passes[owner].append(_pass(res))
-            plan.ask[key] = (
-                owner,
-                _Question(q.text + g.text + VERDICT, (*q.ids, *g.token_ids, *verdict)),
-            )
+            results = await self._ask([q for _, (_, q) in group], sampling)
+            for (key, (owner, q)), res in zip(group, results, strict=True):
+                written = sum(len(g.token_ids) for g in res.generations)
+                # the reservation becomes what the verifications really generated
+                self.verify_spent[requests[owner].problem.id] += written - v * cfg.verify_max_tokens
+                passes[owner].append(_pass(res))
+                for j, g in enumerate(res.generations):
+                    sub = f"{key}#{j}" if v > 1 else key
+                    plan.ask[sub] = (
+                        owner,
+                        _Question(q.text + g.text + VERDICT, (*q.ids, *g.token_ids, *verdict)),
+                    )
+                    if v > 1:
+                        plan.verdicts.setdefault(key, []).append(sub)
 
     def _get(self, key: str) -> float:
         value = self.scores.get(key)
@@ -315,6 +353,10 @@ class _Plan:
     """Key -> (request, verification prompt): to write first (generative mode)."""
     fixed: dict[str, float] = field(default_factory=dict)
     """Keys scored without asking (an unfinished branch in generative mode)."""
+    count: dict[str, int] = field(default_factory=dict)
+    """Key -> how many verifications to write (V; generative mode)."""
+    verdicts: dict[str, list[str]] = field(default_factory=dict)
+    """Key -> the keys of its V verdict questions, whose scores it aggregates (V > 1)."""
 
 
 def p_yes(g: Generation, yes: frozenset[int], no: frozenset[int]) -> float:
