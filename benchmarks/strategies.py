@@ -42,6 +42,7 @@ STRATEGIES = (
     "particle_filter",
     "particle_gibbs",
     "a_star",
+    "cascade",
 )
 STEP_STRATEGIES = {"beam_search", "dvts", "particle_filter", "particle_gibbs", "a_star"}
 
@@ -62,6 +63,17 @@ def sized(strategy: str, budget: int, *, step_tokens: int, sample_tokens: int) -
         "particle_filter": [f"strategy.particles={budget}"],
         "particle_gibbs": [f"strategy.particles={max(half, 2)}", "strategy.iterations=2"],
         "a_star": ["strategy.expansions=2", f"strategy.max_depth={sample_tokens // step_tokens}"],
+        # small model = the run's, large = gemma3-270m (a base model: few-shot examples,
+        # and its answer ends where it would start a question of its own)
+        "cascade": [
+            f"strategy.n={half}",
+            f"strategy.max_tokens={sample_tokens}",
+            "strategy.large_model=gemma3-270m",
+            "strategy.chunk_tokens=16",
+            "strategy.large_tokens=16",
+            'strategy.stop=["Question:"]',
+            "task.few_shot=2",
+        ],
     }[strategy]
     if strategy in STEP_STRATEGIES:
         width.append(f"strategy.step_tokens={step_tokens}")
