@@ -19,6 +19,7 @@ left nothing behind. When the driver itself dies, the actors die with it and
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections import deque
 from dataclasses import dataclass
@@ -27,9 +28,10 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import OmegaConf
 from sqlalchemy.engine import make_url
 
-from ttc.errors import ConfigError, ExecutorError
+from ttc.errors import ConfigError, ExecutorError, TtcError
 from ttc.executor.routing import chunks
 from ttc.executor.worker import FORWARDED_ENV, Event, ProblemWorker
+from ttc.progress import verbose
 from ttc.types import Problem
 
 if TYPE_CHECKING:
@@ -105,7 +107,12 @@ class RayExecutor:
         if not ray.is_initialized():
             address = str(options.address or "") or None
             try:
-                ray.init(address=address, include_dashboard=False, log_to_driver=False)
+                ray.init(
+                    address=address,
+                    include_dashboard=False,
+                    log_to_driver=verbose(),
+                    logging_level=logging.INFO if verbose() else logging.ERROR,
+                )
             except Exception as exc:
                 raise ConfigError(
                     f"cannot join the Ray cluster at ray.address={options.address!r}: "
@@ -173,6 +180,9 @@ class RayExecutor:
             where = await actor.start.remote()
             self.nodes_used.add(where["node"])
         except Exception as exc:
+            cause = getattr(exc, "cause", None)
+            if isinstance(cause, TtcError):  # a config or plugin error: as a local run says it
+                raise cause from None
             raise ExecutorError(
                 f"a Ray worker could not start the run's plugins: {_cause(exc)}",
                 hint="the error names the plugin; check the config and that every node "

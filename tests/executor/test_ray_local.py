@@ -140,3 +140,26 @@ def test_import_ttc_and_a_local_run_never_load_ray(tmp_path: Path) -> None:
         [sys.executable, "-c", code], env=subprocess_env(), capture_output=True, text=True
     )
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+def test_without_ray_installed_a_ray_run_says_what_to_install(tmp_path: Path) -> None:
+    overrides = [*RAY_DOUBLES, f"store.url=sqlite:///{tmp_path / 'r.db'}"]
+    code = (
+        "import sys\n"
+        "sys.modules['ray'] = None  # as if Ray were not installed\n"
+        "from ttc.errors import ConfigError\n"
+        "from ttc.launch import compose\n"
+        "from ttc.runner import Runner\n"
+        "try:\n"
+        f"    Runner(compose({overrides!r})).run()\n"
+        "except ConfigError as exc:\n"
+        "    print(exc, '|', exc.hint)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=subprocess_env(), capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == (
+        "run.executor=ray needs Ray, which is not installed | "
+        "pip install 'ttc[ray]', or run.executor=local"
+    )
