@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from hydra.errors import CompactHydraException
 from omegaconf import DictConfig
 
 from ttc.config import validate
@@ -210,13 +211,21 @@ def launch(args: Sequence[str], job: JobFn) -> list[Any]:
             raise _StopSweep from None
         except TtcError as exc:
             if os.getpid() != here:  # a launcher ran the job elsewhere (hydra/launcher=ray):
-                raise  # the error travels back in Hydra's job return and fails the sweep
+                raise RemoteJobFailed(_one_line(exc)) from None  # back in Hydra's job return
             errors.append(exc)
 
     saved = sys.argv
     sys.argv = ["ttc", *args]
     try:
         entry()
+    except SystemExit as exc:
+        if not multirun or exc.code in (0, None):
+            raise
+        # Hydra printed the error of a job its launcher ran elsewhere and exits
+        raise TtcError(
+            "a job of the sweep failed (its error is printed above)",
+            hint="fix it and run that job again; finished jobs are in the store",
+        ) from None
     except (_StopSweep, KeyboardInterrupt):
         interrupted = stopped[0] if stopped else RunInterrupted(None)
         if not multirun:
@@ -242,6 +251,16 @@ def _shown(override: str) -> str:
     if m is None:
         return override
     return override.replace(m.group(0), mask_url(os.environ.get(m.group(1), "")))
+
+
+def _one_line(exc: TtcError) -> str:
+    return f"{exc.message} (hint: {exc.hint})" if exc.hint else exc.message
+
+
+class RemoteJobFailed(CompactHydraException):
+    """A job that a launcher ran in another process failed with a ttc error. Hydra prints
+    a `CompactHydraException` as its message alone; built from one string, it survives
+    the pickling that brings it back (ttc's errors carry more fields)."""
 
 
 class _StopSweep(BaseException):

@@ -116,3 +116,27 @@ def test_a_sweep_through_the_ray_launcher_makes_four_runs_in_one_postgres_store(
     jobs = Counter((r["config"]["strategy"]["n"], r["config"]["run"]["seed"]) for r in runs)
     assert jobs == Counter({(2, 1): 1, (2, 2): 1, (4, 1): 1, (4, 2): 1})
     assert all(len(stored_counts(PG_URL, r["id"])) == 3 for r in runs)
+
+
+def test_a_failed_job_of_a_ray_sweep_fails_the_sweep_with_its_error(tmp_path: Path) -> None:
+    done = ttc_cli(
+        [
+            "run",
+            "-m",
+            "hydra/launcher=ray",
+            "+hydra.launcher.ray.init.num_cpus=1",
+            *DOUBLES,
+            f"store.url=sqlite:///{tmp_path / 'ttc.db'}",
+            "task.n_problems=2",
+            "task.fail_ids=[p000]",  # one problem of each job fails: each job fails
+            "backend.fail_marker=FAIL",
+            "strategy.n=2,3",
+        ],
+        cwd=tmp_path,
+        env=env(),
+        timeout=600,
+    )
+    assert done.returncode == 1
+    assert "1 of 2 problems failed" in done.stderr  # the job's own error, back from Ray
+    assert done.stderr.rstrip().splitlines()[-1].startswith("error: a job of the sweep failed")
+    assert "Traceback" not in done.stderr
