@@ -240,15 +240,29 @@ def load(
         picked = select_runs(store, runs, sweep=sweep, task=task, where=where, status=status)
         if not picked:
             raise RunNotFoundError("(selection)")
-        run_df = _runs_frame(picked)
-        ids = list(run_df["id"])
         with store.engine.connect() as conn:
-            results = _results_frame(conn, ids)
+            results = _results_frame(conn, [r["id"] for r in picked])
+            # A run stopped before its first problem was stored has nothing to analyse.
+            stored = set(results["run_id"])
+            notes = [
+                f"run {r['id']} has no stored problems ({r['status']}); left out"
+                for r in picked
+                if r["id"] not in stored
+            ]
+            picked = [r for r in picked if r["id"] in stored]
+            if not picked:
+                raise ConfigError(
+                    "the selected runs have no stored problems: nothing to analyse",
+                    key="runs",
+                    hint="select runs with finished problems (`ttc runs list`)",
+                )
+            run_df = _runs_frame(picked)
+            ids = list(run_df["id"])
             nodes = _nodes_frame(conn, ids, leaves_only=leaves_only, text=text)
             call_df = _calls_frame(conn, ids) if calls else pd.DataFrame()
     finally:
         store.close()
-    tables = Tables(store_url, run_df, results, nodes, call_df)
+    tables = Tables(store_url, run_df, results, nodes, call_df, notes=notes)
     _grade(tables)
     return tables
 

@@ -151,3 +151,40 @@ def test_docs_sql_example_runs(known_store, tmp_path: Path) -> None:
     with engine.connect() as conn:
         rows = conn.execute(text(query.strip().rstrip(";"))).all()
     assert len(rows) == 3 and rows == sorted(rows, key=lambda r: r[2])
+
+
+def test_runs_without_stored_problems_are_left_out_with_a_note(tmp_path: Path) -> None:
+    """A run interrupted before its first problem finished has a runs row and no results
+    (found on the real sweep: `ttc analyze runs` crashed with a KeyError on its id)."""
+    from ttc.analysis.synthetic import SyntheticEnv
+    from ttc.store import Store
+
+    url = f"sqlite:///{tmp_path / 'partial.db'}"
+    env = SyntheticEnv.spread(40, seed=3)
+    store = Store(url)
+    kept = env.write_run(store, strategy="best_of_n", n=4)
+    empty = store.create_run(
+        config={"strategy": {"name": "best_of_n", "n": 8}, "task": {"name": "synthetic"}},
+        strategy="best_of_n",
+        backend="synthetic",
+        model="synthetic-135m",
+        task="synthetic",
+        reward="synthetic",
+        versions={},
+        hardware={},
+        n_problems=40,
+    )
+    store.finish_run(empty, "interrupted")
+    store.close()
+    rows = json.loads(invoke("analyze", "runs", "--store", url, "--format", "json"))
+    assert [r["run_id"] for r in rows] == [kept]
+    out = tmp_path / "report.html"
+    invoke("analyze", "report", "--store", url, "-o", str(out))
+    page = out.read_text()
+    assert kept in page
+    assert f"run {empty} has no stored problems" in page
+    # a selection of only such runs is one clear line, not a traceback
+    result = CliRunner().invoke(app, ["analyze", "runs", "--store", url, empty])
+    assert result.exit_code != 0
+    assert "no stored problems" in result.output
+    assert "Traceback" not in result.output
