@@ -82,6 +82,15 @@ def set_verbose(on: bool) -> None:
     logger.setLevel(logging.INFO)
 
 
+def _abort(click: Any) -> type[BaseException]:
+    """Click's Abort (Ctrl-C at a prompt); typer releases that carry their own click
+    define it in `typer.exceptions` instead."""
+    found = getattr(click.exceptions, "Abort", None)
+    if found is None:
+        from typer.exceptions import Abort as found  # type: ignore[no-redef]
+    return found  # type: ignore[no-any-return]
+
+
 class OneLineErrors(TyperGroup):
     """The root command group: click's usage errors (a bad option value, a missing
     argument) print one line naming the option and how to get help, like ttc's own."""
@@ -106,7 +115,7 @@ class OneLineErrors(TyperGroup):
             if not standalone:
                 raise
             sys.exit(exc.exit_code)
-        except click.exceptions.Abort:
+        except _abort(click):
             if not standalone:
                 raise
             err_console.print("aborted")
