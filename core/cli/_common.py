@@ -85,10 +85,12 @@ def set_verbose(on: bool) -> None:
 def _abort(click: Any) -> type[BaseException]:
     """Click's Abort (Ctrl-C at a prompt); typer releases that carry their own click
     define it in `typer.exceptions` instead."""
-    found = getattr(click.exceptions, "Abort", None)
+    found: type[BaseException] | None = getattr(click.exceptions, "Abort", None)
     if found is None:
-        from typer.exceptions import Abort as found  # type: ignore[no-redef]
-    return found  # type: ignore[no-any-return]
+        from typer.exceptions import Abort
+
+        found = Abort
+    return found
 
 
 class OneLineErrors(TyperGroup):
