@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from ttc.cli._common import StoreOption, console, errors_to_exit, store_url
+from ttc.cli._common import StoreOption, console, err_console, errors_to_exit, store_url
 
 app = typer.Typer(
     help="Analyse stored runs: accuracy vs cost, frontiers, scaling fits, policies, reports.",
@@ -73,7 +73,7 @@ def _analysis(
             store_url(store), runs, sweep=sweep, task=task, where=parse_where(where or [])
         )
     with console.status(f"analysing {len(tables.runs)} runs, {len(tables.results)} problems"):
-        return analyze(
+        found = analyze(
             tables,
             unit=unit,
             measure=measure,
@@ -82,6 +82,9 @@ def _analysis(
             n_boot=n_boot,
             policy=policy,
         )
+    for note in found.notes:  # on stderr: csv / json on stdout stay data
+        err_console.print(f"note: {note}", highlight=False, soft_wrap=True)
+    return found
 
 
 def emit(df: Any, fmt: str, output: Path | None, *, title: str = "") -> None:

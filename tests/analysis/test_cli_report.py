@@ -176,8 +176,10 @@ def test_runs_without_stored_problems_are_left_out_with_a_note(tmp_path: Path) -
     )
     store.finish_run(empty, "interrupted")
     store.close()
-    rows = json.loads(invoke("analyze", "runs", "--store", url, "--format", "json"))
-    assert [r["run_id"] for r in rows] == [kept]
+    result = CliRunner().invoke(app, ["analyze", "runs", "--store", url, "--format", "json"])
+    assert result.exit_code == 0, result.output
+    assert [r["run_id"] for r in json.loads(result.stdout)] == [kept]
+    assert f"note: run {empty} has no stored problems" in result.stderr
     out = tmp_path / "report.html"
     invoke("analyze", "report", "--store", url, "-o", str(out))
     page = out.read_text()
