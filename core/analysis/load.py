@@ -267,6 +267,21 @@ def load(
     return tables
 
 
+def _varies(key: str, flats: list[dict[str, Any]]) -> bool:
+    """Whether a config key tells the selected runs apart. A strategy's own parameter
+    counts only where it differs between runs of one strategy: the fields that other
+    strategies lack do not name a configuration."""
+    if key.startswith("strategy.") and key != "strategy.name":
+        seen: dict[str, set[str]] = {}
+        for f in flats:
+            if key in f:
+                seen.setdefault(str(f.get("strategy.name")), set()).add(
+                    json.dumps(f[key], default=str)
+                )
+        return any(len(values) > 1 for values in seen.values())
+    return len({json.dumps(f.get(key), default=str) for f in flats}) > 1
+
+
 def _runs_frame(picked: list[dict[str, Any]]) -> pd.DataFrame:
     flats = []
     for r in picked:
@@ -274,7 +289,7 @@ def _runs_frame(picked: list[dict[str, Any]]) -> pd.DataFrame:
         budget = {f"budget.{k}": v for k, v in ((r["config"] or {}).get("budget") or {}).items()}
         flats.append((r, flat, budget))
     keys = sorted({k for _, f, _ in flats for k in f})
-    varying = [k for k in keys if len({json.dumps(f.get(k), default=str) for _, f, _ in flats}) > 1]
+    varying = [k for k in keys if _varies(k, [f for _, f, _ in flats])]
     # The label names what differs between configurations, but never the budget.
     rows = []
     for r, flat, budget in flats:
