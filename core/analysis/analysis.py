@@ -4,8 +4,9 @@ shows, computed once.
 `analyze(tables)` returns an `Analysis` whose `tables` map a name to a DataFrame:
 
 - `headline`: one row per run: its configuration and budget, accuracy with a bootstrap
-  interval, stored pass@1, and the mean cost per problem in the main units; `frontier`
-  marks the runs on the Pareto frontier in the chosen unit.
+  interval, stored pass@1, the mean cost per problem in the main units and the run's
+  wall-clock seconds (`wall_s`; problems overlap, so not the sum of `seconds`);
+  `frontier` marks the runs on the Pareto frontier in the chosen unit.
 - `points`: accuracy-cost points (runs, and pass@k / maj@k / best@k of sampling runs).
 - `frontier`: the points on the frontier (realisable ones: runs, maj@k, best@k).
 - `fits`: per sampling run, the power-law fit of coverage (a, b, R^2, RMSE, an
@@ -107,6 +108,7 @@ def _headline(tables: Tables, pts: pd.DataFrame, unit: str) -> pd.DataFrame:
                 "ci_hi": a["ci_hi"],
                 "pass@1": float(res.get_group(run.id)["pass_at_1"].mean()),
                 **{u: a[f"cost_{u}"] for u in HEADLINE_UNITS},
+                "wall_s": run.wall_s,
             }
         )
     df = pd.DataFrame(rows)

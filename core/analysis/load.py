@@ -267,6 +267,14 @@ def load(
     return tables
 
 
+def _wall_s(totals: Any) -> float:
+    """The run's wall-clock seconds from its stored totals (NaN before it finished)."""
+    if isinstance(totals, str):
+        totals = json.loads(totals)
+    value = (totals or {}).get("wall_s") if isinstance(totals, dict) else None
+    return math.nan if value is None else float(value)
+
+
 def _varies(key: str, flats: list[dict[str, Any]]) -> bool:
     """Whether a config key tells the selected runs apart. A strategy's own parameter
     counts only where it differs between runs of one strategy: the fields that other
@@ -308,6 +316,7 @@ def _runs_frame(picked: list[dict[str, Any]]) -> pd.DataFrame:
                 "reward": r["reward"],
                 "backend": r["backend"],
                 "n_problems": r["n_problems"],
+                "wall_s": _wall_s(r.get("totals")),
                 "config_key": key,
                 "config": r["config"] or {},
                 "label": _label(flat, varying),

@@ -190,3 +190,18 @@ def test_runs_without_stored_problems_are_left_out_with_a_note(tmp_path: Path) -
     assert result.exit_code != 0
     assert "no stored problems" in result.output
     assert "Traceback" not in result.output
+
+
+def test_runs_table_gives_each_runs_wall_time(known_store) -> None:
+    """Wall seconds of the whole run (runs.totals), beside the per-problem `seconds`:
+    problems overlap, so the two differ."""
+    from ttc.store import Store
+
+    url, _, ids = known_store
+    rows = json.loads(invoke("analyze", "runs", "--store", url, "--format", "json"))
+    store = Store(url)
+    try:
+        wall = {i: store.get_run(i)["totals"]["wall_s"] for i in ids.values()}
+    finally:
+        store.close()
+    assert {r["run_id"]: r["wall_s"] for r in rows} == pytest.approx(wall)
