@@ -120,18 +120,14 @@ def coverage(
         k = np.asarray(c["k"], dtype=float)
         v = np.asarray(c["value"], dtype=float)
         yerr = np.vstack([v - np.asarray(c["lo"]), np.asarray(c["hi"]) - v]).clip(min=0)
-        ax.errorbar(k, v, yerr=yerr, fmt="o", color=color, ms=4, capsize=2, label=c["label"])
+        label = str(c["label"])
         if c.get("fit") is not None:
+            # one legend entry per run: its name and its fit (line and points share a colour)
+            label += f": exp({c['a']:.2f} k^{c['b']:.2f}), R²={c['r2']:.3f}"
             fk = np.asarray(c["fit_k"], dtype=float)
-            ax.plot(
-                fk,
-                c["fit"],
-                "-",
-                color=color,
-                lw=1,
-                label=f"fit exp({c['a']:.2f} k^{c['b']:.2f}), R²={c['r2']:.3f}",
-            )
+            ax.plot(fk, c["fit"], "-", color=color, lw=1)
             ax.fill_between(fk, c["fit_lo"], c["fit_hi"], color=color, alpha=0.15)
+        ax.errorbar(k, v, yerr=yerr, fmt="o-", color=color, ms=4, lw=0, capsize=2, label=label)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("k (samples)")
     ax.set_ylabel("pass@k")
@@ -147,9 +143,11 @@ def per_bin(
     chosen: pd.DataFrame,
     *,
     path: str | Path | None = None,
+    measure: str = "difficulty",
     title: str = "accuracy per difficulty bin",
 ) -> bytes:
-    """`by_bin`: rows of (bin, family, value); `chosen`: rows of (bin, accuracy, choice)."""
+    """`by_bin`: rows of (bin, family, value); `chosen`: rows of (bin, accuracy, choice,
+    and `up_to`, the bin's upper edge in `measure`, named under each bin)."""
     fig, ax = _figure()
     fams = list(dict.fromkeys(by_bin["family"]))[:10]
     bins = sorted(by_bin["bin"].unique())
@@ -174,10 +172,22 @@ def per_bin(
         zorder=5,
         label="policy's choice",
     )
-    ax.set_xticks(np.arange(len(bins)), [f"bin{b + 1}" for b in bins])
+    ax.set_xticks(np.arange(len(bins)), [_bin_tick(ch, b, measure) for b in bins])
     ax.set_ylabel("accuracy")
     ax.set_ylim(0, 1.05)
     ax.grid(alpha=0.3, axis="y")
     ax.set_title(title)
     ax.legend(fontsize=7, loc="best")
     return _png(fig, path)
+
+
+def _bin_tick(chosen: pd.DataFrame, b: int, measure: str) -> str:
+    """`bin2` and the bin's range in the measure: `agreement ≤ 0.25`, the last one `> ...`."""
+    if "up_to" not in chosen.columns:
+        return f"bin{b + 1}"
+    edges = chosen["up_to"].astype(float)
+    up_to = float(edges.loc[b])
+    if np.isfinite(up_to):
+        return f"bin{b + 1}\n{measure} ≤ {up_to:.3g}"
+    below = edges[edges.index < b]
+    return f"bin{b + 1}\n{measure} > {float(below.iloc[-1]):.3g}" if len(below) else f"bin{b + 1}"

@@ -108,7 +108,11 @@ def render(analysis: Analysis, *, title: str = "ttc analysis") -> str:
         )
         parts.append(_table(t["policy"], table_id="policy-table"))
         top = fit.choice()
-        parts.append(_img(plots.per_bin(by_bin_table(analysis), top), "accuracy per bin"))
+        parts.append(
+            _img(
+                plots.per_bin(by_bin_table(analysis), top, measure=fit.measure), "accuracy per bin"
+            )
+        )
         parts.append(_table(top.drop(columns=["candidate"]), table_id="policy-bins-table"))
     parts += [
         "<h2 id='points'>All accuracy-cost points</h2>",

@@ -348,7 +348,9 @@ def plots_cmd(
             plots.coverage(a.coverage, path=written[-1])
         if a.policy is not None:
             written.append(out / "per_bin.png")
-            plots.per_bin(by_bin_table(a), a.policy.choice(), path=written[-1])
+            plots.per_bin(
+                by_bin_table(a), a.policy.choice(), measure=a.policy.measure, path=written[-1]
+            )
         for path in written:
             console.print(f"wrote {path}")
 
