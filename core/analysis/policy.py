@@ -184,12 +184,23 @@ def difficulty(
 
 
 def bin_edges(values: np.ndarray, bins: int) -> list[float]:
-    """Quantile edges (`up_to` of every bin but the last, which is +inf), deduplicated."""
+    """Quantile edges (`up_to` of every bin but the last, which is +inf), deduplicated.
+
+    An edge at the largest value would leave the last bin empty (a discrete measure with
+    many problems at its top value, e.g. agreement of a small probe): such an edge moves
+    down to the largest value below the top, so every bin holds problems."""
     values = np.asarray(values, dtype=float)
     values = values[~np.isnan(values)]
     qs = np.quantile(values, np.arange(1, bins) / bins) if len(values) else []
-    edges = sorted({float(q) for q in qs})
-    return [*edges, math.inf]
+    top = float(values.max()) if len(values) else math.inf
+    below = values[values < top]
+    edges: set[float] = set()
+    for q in qs:
+        if q < top:
+            edges.add(float(q))
+        elif len(below):
+            edges.add(float(below.max()))
+    return [*sorted(edges), math.inf]
 
 
 def assign_bins(values: np.ndarray, edges: Sequence[float]) -> np.ndarray:

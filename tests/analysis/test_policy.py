@@ -155,3 +155,17 @@ def test_oracle_policies_are_not_written(spread_store) -> None:
     fit = fit_policy(tables, problems=fit_ids, measure="oracle", unit="tokens")
     with pytest.raises(ConfigError, match="known at test time"):
         policy_document(fit)
+
+
+def test_every_quantile_bin_holds_problems_when_the_top_value_is_common() -> None:
+    """Agreement of a 4-sample probe takes 4 values; on the real sweep half the problems
+    sat at the top one (0.75), the top quantile edge equalled it, the last bin (0.75, inf]
+    was empty and the policy file's last bin ended at 0.75 instead of .inf."""
+    from ttc.analysis.policy import assign_bins, bin_edges
+
+    values = np.array([0.0] * 5 + [0.25] * 6 + [0.5] * 8 + [0.75] * 20)
+    for bins in (2, 3, 4, 5):
+        edges = bin_edges(values, bins)
+        assert edges[-1] == float("inf")
+        held = np.bincount(assign_bins(values, edges), minlength=len(edges))
+        assert (held > 0).all(), (bins, edges, held)
