@@ -11,8 +11,10 @@ schedule's velocity `u = alpha' x1_hat + sigma' x0_hat` and score `-x0_hat / sig
 
 The SDE `dz = [u - (g^2 / 2) * x0_hat / sigma] ds + g dW` has the ODE's marginals for any
 diffusion `g` (Fokker-Planck: the score term cancels the noise's spreading). We take
-`g(s)^2 = 2 * eps * alpha * sigma`, which vanishes at both ends, so the drift correction
-is `-eps * alpha * x0_hat` and stays bounded where `sigma -> 0`.
+`g(s)^2 = 2 * eps * sigma^2`: noise in proportion to the noise level left (so each
+Euler-Maruyama step perturbs by the same relative amount, `2 * eps * ds`, and the
+correction `-eps * sigma * x0_hat` stays bounded where `sigma -> 0`), non-zero at `s = 0`
+(so particles that start together still spread), zero at `s = 1`.
 
 A trajectory of `T` NFEs evaluates the network at `s_0 .. s_{T-1}` and returns `x1_hat`
 of the last state (for the linear ODE this is exactly Euler's method with `T` steps).
@@ -93,7 +95,7 @@ def step(
     `noise`), else the marginal-preserving SDE with `noise ~ N(0, I)` of `z`'s shape."""
     if eps == 0 or noise is None:
         return z + ds * pred.u
-    a, sg, _, _ = schedule.coefficients(s)
-    g2 = 2.0 * eps * a * sg * sg
+    _, sg, _, _ = schedule.coefficients(s)
+    g2 = 2.0 * eps * sg * sg
     drift = pred.u - (g2 / 2.0) * pred.x0_hat / max(sg, 1e-8)
     return z + ds * drift + math.sqrt(g2 * ds) * noise

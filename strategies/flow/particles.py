@@ -25,7 +25,7 @@ from ttc.strategies.resampling import RESAMPLERS
 class ParticleSDEConfig(SampleSetConfig):
     name: str = "particle_sde"
     schedule: str = field(default="linear", metadata={"choices": ["linear", "vp"]})
-    eps: float = field(default=1.0, metadata={"ge": 0, "help": "diffusion scale of the SDE"})
+    eps: float = field(default=0.5, metadata={"ge": 0, "help": "diffusion scale of the SDE"})
     temperature: float = field(default=0.1, metadata={"gt": 0, "help": "of resampling weights"})
     resampler: str = field(
         default="systematic", metadata={"choices": ["multinomial", "systematic", "residual"]}

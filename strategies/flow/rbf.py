@@ -27,7 +27,7 @@ from ttc.strategies.flow.common import take
 class RBFConfig(FlowStrategyConfig):
     name: str = "rbf"
     schedule: str = field(default="vp", metadata={"choices": ["linear", "vp"]})
-    eps: float = field(default=1.0, metadata={"ge": 0, "help": "diffusion scale of the SDE"})
+    eps: float = field(default=0.5, metadata={"ge": 0, "help": "diffusion scale of the SDE"})
     batch: int = field(default=1, metadata={"ge": 1, "help": "candidates per velocity call"})
 
 

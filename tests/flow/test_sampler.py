@@ -30,8 +30,8 @@ def _sample(net, schedule: Schedule, *, eps: float, seed: int, correct: bool = T
         if correct:
             z = step(schedule, z, pred, s=s, ds=1 / NFES, eps=eps, noise=noise)
         else:  # the score correction with the wrong sign: the marginals drift
-            a, sg, _, _ = schedule.coefficients(s)
-            g2 = 2 * eps * a * sg * sg
+            _, sg, _, _ = schedule.coefficients(s)
+            g2 = 2 * eps * sg * sg
             drift = pred.u + (g2 / 2) * pred.x0_hat / sg
             z = z + drift / NFES + math.sqrt(g2 / NFES) * noise
     raise AssertionError("unreachable")
@@ -54,14 +54,15 @@ def mmd2(x: np.ndarray, y: np.ndarray) -> float:
 def test_sde_marginals_match_the_ode_marginals(tiny_net, schedule: str) -> None:  # noqa: F811
     ode = _sample(tiny_net, Schedule("linear"), eps=0.0, seed=1)
     ode_again = _sample(tiny_net, Schedule("linear"), eps=0.0, seed=2)
-    sde = _sample(tiny_net, Schedule(schedule), eps=1.0, seed=3)  # type: ignore[arg-type]
-    drifting = _sample(tiny_net, Schedule(schedule), eps=1.0, seed=3, correct=False)  # type: ignore[arg-type]
+    sde = _sample(tiny_net, Schedule(schedule), eps=0.5, seed=3)  # type: ignore[arg-type]
+    drifting = _sample(tiny_net, Schedule(schedule), eps=0.5, seed=3, correct=False)  # type: ignore[arg-type]
     floor = mmd2(ode, ode_again)  # two ODE sample sets: sampling noise alone
     distance = mmd2(ode, sde)
     # The stated bound: at the same NFE (20) the SDE's samples are within 0.005 (squared
     # MMD, median-bandwidth Gaussian kernel, 400 samples a side) of the ODE's; measured
-    # about 0.002 (linear) and 0.001 (VP), against 0.0003 between two ODE sample sets.
-    # The score correction with the wrong sign lands 5-10 times outside the bound.
+    # about 0.0016 (linear) and 0.0002 (VP) with eps = 0.5, against 0.0003 between two ODE
+    # sample sets.
+    # The score correction with the wrong sign lands over 10 times outside the bound.
     assert abs(floor) < 0.001
     assert distance < 0.005, (distance, floor)
     assert mmd2(ode, drifting) > 0.005
@@ -88,6 +89,6 @@ def test_sde_marginals_match_on_the_benchmark_model(schedule: str) -> None:
     torch.set_num_threads(1)
     net = load_or_train(DEFAULT_SPEC)
     ode = _sample(net, Schedule("linear"), eps=0.0, seed=1)
-    sde = _sample(net, Schedule(schedule), eps=1.0, seed=3)  # type: ignore[arg-type]
-    drifting = _sample(net, Schedule(schedule), eps=1.0, seed=3, correct=False)  # type: ignore[arg-type]
+    sde = _sample(net, Schedule(schedule), eps=0.5, seed=3)  # type: ignore[arg-type]
+    drifting = _sample(net, Schedule(schedule), eps=0.5, seed=3, correct=False)  # type: ignore[arg-type]
     assert mmd2(ode, sde) < 0.005 < mmd2(ode, drifting)
