@@ -5,11 +5,15 @@
    same samples (one `generate_batch` call, as the gateway's search makes). The backend
    is the scripted test double, whose generation costs next to nothing, so the
    difference is the gateway: HTTP, validation, the search's bookkeeping, grading and
-   the store's transaction. Median and p95 per request.
+   the store's transaction. Median and p95 per request, for each way of storing:
+   the default (`serve.sqlite_synchronous=normal`: a commit is a write to the OS),
+   a disk sync at every commit (`full`), and `serve.write_behind=true`.
 2. Throughput with 1, 16 and 64 concurrent clients, on the scripted backend with a fixed
    cost per batch (`--batch-ms`, like a model's forward pass): requests per second,
-   latency and the backend's mean batch size (the requests of concurrent clients share
-   batches), with the one-request-per-batch rate of the direct backend beside it.
+   latency, the backend's mean batch size (the requests of concurrent clients share
+   batches) and the problems per store transaction (group commit), beside the same
+   server committing one request per transaction with a disk sync each (how it stored
+   before group commit), and the one-request-per-batch rate of the direct backend.
 
     python benchmarks/gateway.py                    # ~1 minute
     python benchmarks/gateway.py --requests 400 --batch-ms 50
@@ -60,9 +64,17 @@ def body(i: int, samples: int) -> dict:
     }
 
 
-def overhead(store: str, *, requests: int, samples: int, write_behind: bool) -> dict[str, float]:
-    overrides = [*BASE, f"store.url={store}", "serve.port=0"]
-    app, run, serve = build(compose_serve([*overrides, f"serve.write_behind={write_behind}"]))
+OVERHEAD_MODES = {
+    "stored before the answer": [],
+    "same, disk sync every commit": ["serve.sqlite_synchronous=full"],
+    "write-behind": ["serve.write_behind=true"],
+}
+"""Ways of storing a request, as `serve.*` overrides."""
+
+
+def overhead(store: str, *, requests: int, samples: int, mode: list[str]) -> dict[str, float]:
+    overrides = [*BASE, f"store.url={store}", "serve.port=0", *mode]
+    app, run, serve = build(compose_serve(overrides))
     with BackgroundServer(app, serve) as url, httpx.Client(base_url=url, timeout=60) as http:
         for i in range(20):  # warm-up
             http.post("/chat/completions", json=body(i, samples)).raise_for_status()
@@ -91,7 +103,11 @@ def overhead(store: str, *, requests: int, samples: int, write_behind: bool) -> 
     }
 
 
-def throughput(store: str, clients: int, *, requests: int, samples: int, batch_ms: float) -> dict:
+def throughput(
+    store: str, clients: int, *, requests: int, samples: int, batch_ms: float, group: bool
+) -> dict:
+    """`group=False`: one request per transaction, each synced to disk (the store's way
+    before group commit), for the side-by-side rows."""
     overrides = [
         *BASE,
         f"store.url={store}",
@@ -100,6 +116,8 @@ def throughput(store: str, clients: int, *, requests: int, samples: int, batch_m
         f"run.concurrency={max(clients, 1)}",
         f"scheduler.max_batch_size={max(clients, 1)}",
     ]
+    if not group:
+        overrides.append("serve.sqlite_synchronous=full")
     app, run, serve = build(compose_serve(overrides))
     latencies: list[float] = []
 
@@ -120,10 +138,16 @@ def throughput(store: str, clients: int, *, requests: int, samples: int, batch_m
             return time.perf_counter() - t0
 
     with BackgroundServer(app, serve) as url:
+        assert run.writer is not None
+        if not group:
+            run.writer.max_batch = 1
         wall = asyncio.run(drive(url))
         sizes = list(run.batch_stats.sizes)
+        commits = list(run.writer.batch_sizes)
     return {
         "clients": clients,
+        "commit": "grouped" if group else "1 per request, synced",
+        "per_commit": sum(commits) / len(commits) if commits else 0.0,
         "rps": requests / wall,
         "p50": statistics.median(latencies) * 1e3,
         "p95": percentile(latencies, 0.95) * 1e3,
@@ -144,16 +168,15 @@ def main() -> None:
         table = Table(title=f"per request, {args.samples} samples, one at a time (ms)")
         for col in ("path", "median", "p95"):
             table.add_column(col, justify="right")
-        for write_behind in (False, True):
-            mode = "write-behind" if write_behind else "stored before the answer"
+        for k, (mode, extra) in enumerate(OVERHEAD_MODES.items()):
             console.print(f"overhead ({mode}): {args.requests} requests ...")
             o = overhead(
-                f"sqlite:///{Path(tmp) / f'o{write_behind}.db'}",
+                f"sqlite:///{Path(tmp) / f'o{k}.db'}",
                 requests=args.requests,
                 samples=args.samples,
-                write_behind=write_behind,
+                mode=extra,
             )
-            if not write_behind:
+            if k == 0:
                 table.add_row(
                     "backend called directly", f"{o['direct_p50']:.3f}", f"{o['direct_p95']:.3f}"
                 )
@@ -164,36 +187,43 @@ def main() -> None:
         console.print(table)
         rows = []
         for c in args.clients:
-            console.print(f"throughput: {c} concurrent clients ...")
-            rows.append(
-                throughput(
-                    f"sqlite:///{Path(tmp) / f't{c}.db'}",
-                    c,
-                    requests=args.requests,
-                    samples=args.samples,
-                    batch_ms=args.batch_ms,
+            for group in (True, False):
+                what = "grouped commits" if group else "one synced commit per request"
+                console.print(f"throughput: {c} concurrent clients, {what} ...")
+                rows.append(
+                    throughput(
+                        f"sqlite:///{Path(tmp) / f't{c}{group}.db'}",
+                        c,
+                        requests=args.requests,
+                        samples=args.samples,
+                        batch_ms=args.batch_ms,
+                        group=group,
+                    )
                 )
-            )
     table = Table(title=f"throughput, {args.batch_ms:g} ms per backend batch")
     for col in (
         "clients",
+        "store commits",
         "req/s",
         "vs 1 client",
         "p50 ms",
         "p95 ms",
         "mean batch",
+        "requests/commit",
         "direct req/s*",
     ):
         table.add_column(col, justify="right")
-    base = rows[0]["rps"]
+    base = {r["commit"]: r["rps"] for r in rows if r["clients"] == rows[0]["clients"]}
     for r in rows:
         table.add_row(
             str(r["clients"]),
+            r["commit"],
             f"{r['rps']:.1f}",
-            f"{r['rps'] / base:.1f}x",
+            f"{r['rps'] / base[r['commit']]:.1f}x",
             f"{r['p50']:.1f}",
             f"{r['p95']:.1f}",
             f"{r['mean_batch']:.1f}",
+            f"{r['per_commit']:.1f}",
             f"{r['direct_rps']:.1f}",
         )
     console.print(table)

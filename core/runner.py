@@ -496,11 +496,15 @@ def _format_error(exc: BaseException) -> str:
 
 
 async def render_encode(backend: Backend, problem: Problem) -> tuple[str, list[int]]:
-    """The problem's prompt and its ids; in a worker thread for a backend whose codec
-    makes blocking calls (`blocking_codec`: HTTP tokenization with retries)."""
+    """The problem's prompt and its ids (a `raw` problem's prompt as it stands, not
+    rendered); in a worker thread for a backend whose codec makes blocking calls
+    (`blocking_codec`: HTTP tokenization with retries)."""
 
     def both() -> tuple[str, list[int]]:
-        prompt = backend.render(problem)
+        if problem.raw and problem.prompt is not None:
+            prompt = problem.prompt
+        else:
+            prompt = backend.render(problem)
         return prompt, list(backend.encode(prompt))
 
     if getattr(backend, "blocking_codec", False):

@@ -28,6 +28,9 @@ class Problem:
     prompt: str | None = None
     reference: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    raw: bool = False
+    """`prompt` is the model's input as it stands: no chat template, no system prompt
+    (what a prompt of OpenAI's `/v1/completions` is)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,6 +29,16 @@ class ServeConfig:
     """False: a request's answer is sent once its problem is in the store (one committed
     transaction). True: it is sent first and written right after (the store's commit,
     milliseconds on SQLite, leaves the request's latency; shutdown still waits for it)."""
+    sqlite_synchronous: str = bounded(
+        "normal",
+        choices=["normal", "full"],
+        help="SQLite store: sync the file at checkpoints (normal) or at every commit (full)",
+    )
+    """With a SQLite store: `normal` (SQLite's documented WAL trade) makes a commit a
+    write to the OS, not a sync of the disk: a request stored before its answer survives
+    the server being killed, and nothing is ever half-written, but the last commits before
+    a power loss or OS crash may roll back. `full` syncs every commit (one disk sync per
+    transaction, shared by the requests of a group commit). Other databases: ignored."""
     model_prefix: str = "ttc"
     """Model names `<prefix>/<strategy>` choose the strategy of a request."""
 

@@ -2,8 +2,10 @@
 
 Its plugins (backend, reward model) are started once; every request is solved through
 the Runner's per-problem path (`Runner.solve_problem`) and one shared `Scheduler`, so
-the searches of concurrent requests are batched together; each finished request is
-written to the store in its own transaction, like a problem of `ttc run`.
+the searches of concurrent requests are batched together. Finished requests are
+stored through one `GroupWriter`: a request alone is committed at once, requests that
+finish together share a transaction (group commit), so the store does not cap the
+request rate at one commit per request.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import asyncio
 import dataclasses
 import inspect
 import itertools
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -21,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ttc.config import StoreConfig, instantiate_config
 from ttc.cost import CostModel, check_measurable
-from ttc.errors import ConfigError
+from ttc.errors import ConfigError, TtcError
 from ttc.interfaces import Backend, Strategy
 from ttc.plugins.allocators.fixed import FixedAllocator, FixedAllocatorConfig
 from ttc.registry import Registry, get_registry
@@ -32,14 +35,23 @@ from ttc.serve.plan import Planner, RequestError, RequestPlan
 from ttc.store import Store
 from ttc.store.liveness import Heartbeat
 from ttc.store.secrets import mask_config
+from ttc.store.writer import GroupWriter
 from ttc.types import Branch, Problem, ProblemResult, Solution
 
 SERVE_TASK = "serve"
 """The `task` a serving run is stored under."""
 
 
+log = logging.getLogger("ttc.serve")
+
+
 class Unavailable(Exception):
     """The server is shutting down (or not started): the request gets a 503."""
+
+
+class NotStored(Exception):
+    """The request was solved but its transaction failed (the store is locked, full,
+    gone): nothing of it is in the store, and the request gets a 500 saying so."""
 
 
 @dataclass
@@ -104,10 +116,13 @@ class ServingRun:
         self.run_id: str | None = None
         self.draining = False
         self.inflight = 0
+        """Requests being searched, or answered and not yet stored (write-behind)."""
+        self._searching = 0
         self.answered = 0
         self._idle = asyncio.Event()
         self._idle.set()
-        self._writes: set[asyncio.Future[None]] = set()
+        self._writes: set[asyncio.Future[bool]] = set()
+        self.writer: GroupWriter | None = None
         self._index = itertools.count()
         self._store: Store | None = None
         self._parts: Components | None = None
@@ -134,7 +149,9 @@ class ServingRun:
         self.prepare()
         cfg, parts, store_cfg = self.cfg, self._parts, self._store_cfg
         assert parts is not None
-        store = Store(store_cfg.url, echo=store_cfg.echo)
+        store = Store(
+            store_cfg.url, echo=store_cfg.echo, sqlite_synchronous=self.serve.sqlite_synchronous
+        )
         plain = OmegaConf.to_container(cfg, resolve=True)
         assert isinstance(plain, dict)
         config = mask_config({str(k): v for k, v in plain.items() if k != "resume"})
@@ -160,15 +177,16 @@ class ServingRun:
         self.run_id = run_id
         self._store = store
         self._heartbeat = Heartbeat(lambda: store.heartbeat(run_id)).start()
+        self._max_wait_s = cfg.scheduler.max_wait_ms / 1000.0
         self._scheduler = Scheduler(
             parts.backend,
             parts.reward,
             max_batch_size=cfg.scheduler.max_batch_size,
-            max_wait_s=cfg.scheduler.max_wait_ms / 1000.0,
+            max_wait_s=self._max_wait_s,
         )
         self._cost = CostModel(parts.backend.architecture)
         self._sem = asyncio.Semaphore(int(cfg.run.concurrency))
-        self._write_lock = asyncio.Lock()
+        self.writer = GroupWriter(store, run_id)
         self.registry.pm.hook.on_run_start(run_id=run_id, config=config, n_problems=0)
         return run_id
 
@@ -188,6 +206,8 @@ class ServingRun:
         parts = self._parts
         assert parts is not None
         try:
+            if self.writer is not None:
+                await self.writer.close()  # everything answered is committed first
             await parts.backend.close()
             if parts.reward is not None:
                 await parts.reward.close()
@@ -234,17 +254,32 @@ class ServingRun:
         if self.draining or self._store is None:
             raise Unavailable("the server is shutting down")
         self.inflight += 1
+        self._searching += 1
         self._idle.clear()
+        self._batch_window()
         try:
             return await self._solve(plan, problem)
         finally:
+            self._searching -= 1
+            self._batch_window()
             self.inflight -= 1
             if self.inflight == 0:
                 self._idle.set()
 
+    def _batch_window(self) -> None:
+        """A request searching alone has no company to wait for: its calls go to the
+        model at once. With others searching, a batch waits up to `scheduler.max_wait_ms`
+        for their calls, as in `ttc run`."""
+        if self._scheduler is None:
+            return
+        wait = self._max_wait_s if self._searching > 1 else 0.0
+        for queue in (self._scheduler.generate_queue, self._scheduler.score_queue):
+            if queue is not None:
+                queue.max_wait_s = wait
+
     async def _solve(self, plan: RequestPlan, problem: Problem) -> Answer:
-        parts, scheduler, store, run_id = self._parts, self._scheduler, self._store, self.run_id
-        assert parts is not None and scheduler is not None and store is not None and run_id
+        parts, scheduler, run_id = self._parts, self._scheduler, self.run_id
+        assert parts is not None and scheduler is not None and run_id
         reg = self.registry.get("strategy", plan.strategy)
         strategy = _Chosen(reg.cls(plan.config))
         request_parts = dataclasses.replace(
@@ -265,35 +300,45 @@ class ServingRun:
                 seed=seed,
             )
         result.trace = {**result.trace, "serve": plan.describe()}
+        writer = self.writer
+        assert writer is not None
         if self.serve.write_behind:
-            self._track(asyncio.ensure_future(self._write(store, run_id, result)))
+            self._track(writer.submit(result), result)
         else:
-            await self._write(store, run_id, result)
+            try:
+                await writer.write(result)
+            except TtcError as exc:
+                raise NotStored(
+                    f"the request was solved but could not be stored (nothing of it was "
+                    f"written): {exc.message}"
+                ) from exc
+            self.registry.pm.hook.on_problem_done(run_id=run_id, result=result)
         self.answered += 1
         return _answer(run_id, plan, result, strategy.last)
 
-    async def _write(self, store: Store, run_id: str, result: ProblemResult) -> None:
-        async with self._write_lock:  # one transaction per problem, one at a time
-            await asyncio.to_thread(store.record_problem, run_id, result)
-        self.registry.pm.hook.on_problem_done(run_id=run_id, result=result)
-
-    def _track(self, task: asyncio.Future[None]) -> None:
+    def _track(self, write: asyncio.Future[bool], result: ProblemResult) -> None:
         """A write that outlives its request: `close` waits for it like a request."""
         self.inflight += 1
         self._idle.clear()
-        self._writes.add(task)
+        self._writes.add(write)
 
-        def done(_: asyncio.Future[None]) -> None:
-            self._writes.discard(task)
+        def done(_: asyncio.Future[bool]) -> None:
+            self._writes.discard(write)
             self.inflight -= 1
             if self.inflight == 0:
                 self._idle.set()
+            error = write.exception() if not write.cancelled() else None
+            if error is not None:
+                # the answer is sent already: the loss can only be reported here
+                log.error("request %s was answered but not stored: %s", result.problem.id, error)
+            else:
+                self.registry.pm.hook.on_problem_done(run_id=self.run_id, result=result)
 
-        task.add_done_callback(done)
+        write.add_done_callback(done)
 
     async def flush(self) -> None:
         """Wait until every answered request is in the store (with `serve.write_behind`)."""
-        await asyncio.gather(*list(self._writes))
+        await asyncio.gather(*list(self._writes), return_exceptions=True)
 
 
 def new_problem_id() -> str:

@@ -12,6 +12,7 @@ import pytest
 
 openai = pytest.importorskip("openai")
 
+from ttc.serve.app import chat_problem  # noqa: E402
 from ttc.store import Store  # noqa: E402
 
 from gateway_harness import Gateway, gateway  # noqa: E402
@@ -79,6 +80,25 @@ def test_completions_endpoint_and_model_name_choose_the_strategy(gw: Gateway) ->
     row = stored(gw, ttc["problem_id"])
     assert row["samples"] == 3 == ttc["samples"]
     assert resp.usage.completion_tokens == row["tokens"]
+
+
+def test_a_completion_prompt_reaches_the_backend_as_raw_text(gw: Gateway) -> None:
+    """`/v1/completions` sends its prompt as it stands (no chat template, no system
+    prompt), as OpenAI-compatible servers do; a chat is still rendered. The scripted
+    backend reads one token per character, so the prompt tokens of each generate call
+    are the length of what it was sent."""
+    raw = "Question: what is 5 + 12? answer=17\nSolution:\n"
+    client = gw.client()
+    done = client.completions.create(model="ttc/self_consistency", prompt=raw, n=2)
+    assert "\\boxed{" in done.choices[0].text  # the script found where its solution starts
+    calls = stored(gw, done.usage.ttc["problem_id"])["calls"]
+    assert calls and all(c["prompt_tokens"] == len(raw) for c in calls), calls
+    messages = [{"role": "user", "content": raw}]
+    chat = client.chat.completions.create(model="ttc/self_consistency", messages=messages, n=2)
+    rendered = gw.run.backend.render(chat_problem({"messages": messages}, "x"))
+    assert len(rendered) > len(raw)
+    calls = stored(gw, chat.usage.ttc["problem_id"])["calls"]
+    assert all(c["prompt_tokens"] == len(rendered) for c in calls), calls
 
 
 def test_ttc_field_wins_over_the_model_name_and_sets_the_budget(gw: Gateway) -> None:

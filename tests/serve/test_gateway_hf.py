@@ -1,5 +1,6 @@
 """`ttc serve` in front of a real transformers model (a tiny random Llama built offline):
-the answer is the model's text, and usage is what the model really computed."""
+the answer is the model's text, usage is what the model really computed, and a
+completion's prompt reaches the model as raw text (a chat goes through the template)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ openai = pytest.importorskip("openai")
 pytest.importorskip("transformers")
 
 from ttc.store import Store  # noqa: E402
+from ttc.types import Problem  # noqa: E402
 
 from conftest import TESTS_DIR  # noqa: E402
 from gateway_harness import gateway  # noqa: E402
@@ -49,6 +51,12 @@ def test_a_tiny_transformers_model_behind_the_gateway(tmp_path: Path) -> None:
             model="ttc/self_consistency", prompt="one two", max_tokens=5, n=2
         )
         run_id = g.run.run_id
+        raw_ids = g.run.backend.encode("one two")  # the prompt as it stands, not templated
+        templated = g.run.backend.encode(
+            g.run.backend.render(
+                Problem(id="x", messages=({"role": "user", "content": "one two"},))
+            )
+        )
     text = chat.choices[0].message.content
     assert text and chat.choices[0].finish_reason in ("stop", "length")
     store = Store(url)
@@ -61,6 +69,9 @@ def test_a_tiny_transformers_model_behind_the_gateway(tmp_path: Path) -> None:
             assert 0 < resp.usage.completion_tokens == row["tokens"] <= samples * per_sample
             assert resp.usage.prompt_tokens == row["prompt_tokens"] > 0
             assert ttc["flops"] > 0
+        calls = store.calls(run_id or "", done.usage.ttc["problem_id"])
+        assert len(templated) > len(raw_ids)
+        assert calls and all(c["prompt_tokens"] == len(raw_ids) for c in calls), calls
         nodes = store.nodes(run_id or "", chat.usage.ttc["problem_id"])
         assert any(n["selected"] and n["text"] == text for n in nodes)
     finally:

@@ -1,6 +1,7 @@
 """64 concurrent clients on loopback, each a best-of-4 under a token budget that binds:
-every request is answered exactly once, no budget is exceeded, and the backend's batches
-gather the searches of many requests (cross-request batching)."""
+every request is answered exactly once, no budget is exceeded, the backend's batches
+gather the searches of many requests (cross-request batching), and so do the store's
+transactions (group commit)."""
 
 from __future__ import annotations
 
@@ -51,6 +52,8 @@ def test_64_concurrent_best_of_4_requests_share_batches_within_budget(tmp_path: 
         responses = asyncio.run(all_clients())
         run_id = g.run.run_id
         served_sizes = list(g.run.batch_stats.sizes)
+        assert g.run.writer is not None
+        commits = list(g.run.writer.batch_sizes)
     sizes = list(doubles.BATCH_SIZES)
 
     ids = [r.usage.ttc["problem_id"] for r in responses]
@@ -74,6 +77,8 @@ def test_64_concurrent_best_of_4_requests_share_batches_within_budget(tmp_path: 
         assert store.get_run(run_id or "")["status"] == "finished"
     finally:
         store.close()
+    # group commit: requests finishing together shared transactions, each stored once
+    assert sum(commits) == CLIENTS and len(commits) < CLIENTS / 2, commits
     assert sum(sizes) >= CLIENTS and served_sizes == sizes
     mean = sum(sizes) / len(sizes)
     assert mean > 8, f"mean backend batch {mean:.1f} over {len(sizes)} batches: {sizes}"

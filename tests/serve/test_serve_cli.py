@@ -1,10 +1,12 @@
 """The `ttc serve` command in a subprocess: it serves, and on SIGTERM the requests in
-flight finish and are stored, the run is marked finished, and nothing else is written."""
+flight finish and are stored, the run is marked finished, and nothing else is written;
+killed outright, it loses at most the requests in flight."""
 
 from __future__ import annotations
 
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -82,6 +84,81 @@ def test_sigterm_lets_in_flight_requests_finish_and_closes_the_run(tmp_path: Pat
         store.close()
 
 
+def test_a_killed_server_keeps_every_answered_request_whole_in_the_store(tmp_path: Path) -> None:
+    """SIGKILL with requests in flight: every request that got its answer is in the store
+    with its whole tree and calls (it was committed before the answer was sent); the
+    requests cut off lose at most themselves; the store opens and checks clean."""
+    db = tmp_path / "ttc.db"
+    port = free_port()
+    overrides = [f"store.url=sqlite:///{db}", f"serve.port={port}", "backend.delay_s=0.02"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ttc.cli", "serve", *DOUBLES, *overrides],
+        cwd=tmp_path,
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    answered: list[dict] = []
+    stop = threading.Event()
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert f"127.0.0.1:{port}/v1" in line, line
+
+        def client(k: int) -> None:
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}/v1", timeout=30) as http:
+                i = 0
+                while not stop.is_set():
+                    body = {
+                        "model": "ttc/self_consistency",
+                        "messages": [{"role": "user", "content": f"c{k} q{i} answer={i}"}],
+                        "n": 3,
+                    }
+                    i += 1
+                    try:
+                        r = http.post("/chat/completions", json=body)
+                    except httpx.HTTPError:
+                        return  # the server is gone
+                    assert r.status_code == 200, r.text
+                    answered.append(r.json()["usage"])
+
+        threads = [threading.Thread(target=client, args=(k,)) for k in range(8)]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 60
+        while len(answered) < 40:
+            assert time.monotonic() < deadline, "too few answers"
+            time.sleep(0.01)
+        proc.kill()  # mid-traffic: requests are in flight, some commits too
+        proc.wait(timeout=30)
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+    finally:
+        stop.set()
+        if proc.poll() is None:
+            proc.kill()
+    check = sqlite3.connect(db)
+    assert check.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    check.close()
+    store = Store(f"sqlite:///{db}")
+    try:
+        (run,) = store.list_runs()
+        rows = {r["problem_id"]: r for r in store.results(run["id"])}
+        for usage in answered:
+            row = rows[usage["ttc"]["problem_id"]]  # every answered request is stored
+            assert row["tokens"] == usage["completion_tokens"]
+        for pid, row in rows.items():  # and every stored one is whole
+            nodes = store.nodes(run["id"], pid)
+            calls = store.calls(run["id"], pid)
+            assert len(nodes) == row["samples"] + 1 == 4
+            assert sum(c["completion_tokens"] for c in calls) == row["tokens"]
+        assert len(rows) - len(answered) <= 8  # at most the requests in flight
+    finally:
+        store.close()
+
+
 def test_a_draining_server_answers_503(tmp_path: Path) -> None:
     from gateway_harness import gateway
 
@@ -101,6 +178,7 @@ def test_a_draining_server_answers_503(tmp_path: Path) -> None:
     [
         (["serve.prot=1"], ["serve.prot", "not a config key"]),
         (["serve.port=70000"], ["serve.port=70000", "<= 65535"]),
+        (["serve.sqlite_synchronous=off"], ["serve.sqlite_synchronous='off'", "normal, full"]),
         (["reward=none", "strategy=best_of_n"], ["reward=none", "best_of_n"]),
         (["serve.api_keys_env=TTC_TEST_UNSET_KEYS"], ["TTC_TEST_UNSET_KEYS", "not set"]),
         (["backend=hf", "backend.model=no-such-model-dir"], ["no-such-model-dir"]),
