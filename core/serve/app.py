@@ -50,7 +50,7 @@ def usage_of(answer: Answer) -> dict[str, Any]:
         "ttc": {
             "run_id": answer.run_id,
             "problem_id": answer.problem_id,
-            "strategy": answer.plan.strategy,
+            "strategy": answer.strategy,
             "params": answer.plan.params,
             "answer": answer.answer,
             "samples": int(sp.get("samples", 0)),

@@ -57,6 +57,9 @@ class RequestPlan:
     budget: Budget
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    named: bool = False
+    """The request named its strategy (`ttc.strategy` or the model name): an allocator's
+    plan keeps it instead of choosing another."""
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready summary (kept with the problem in the store)."""
@@ -169,8 +172,12 @@ class Planner:
                 "reward=none; choose a strategy that needs none (e.g. self_consistency)",
                 key="ttc.strategy",
             )
+        named = "strategy" in ttc or (
+            isinstance(model, str) and model.startswith(self.serve.model_prefix + "/")
+        )
         return RequestPlan(
             strategy=name,
+            named=named,
             config=config,
             params=params,
             budget=self.budget(ttc.get("budget")),

@@ -26,10 +26,10 @@ from ttc.config import StoreConfig, instantiate_config
 from ttc.cost import CostModel, check_measurable
 from ttc.errors import ConfigError, TtcError
 from ttc.interfaces import Backend, Strategy
-from ttc.plugins.allocators.fixed import FixedAllocator, FixedAllocatorConfig
 from ttc.registry import Registry, get_registry
 from ttc.runner import Components, Runner, build_components, hardware, versions
 from ttc.scheduler import BatchStats, Scheduler
+from ttc.serve.allocation import RequestAllocators
 from ttc.serve.config import ServeConfig, serve_config
 from ttc.serve.plan import Planner, RequestError, RequestPlan
 from ttc.store import Store
@@ -61,6 +61,8 @@ class Answer:
     run_id: str
     problem_id: str
     status: str
+    strategy: str
+    """The strategy that answered: the request's, or the allocator's choice."""
     text: str
     finish_reason: str
     """OpenAI's: `stop` (end of sequence or a stop string) or `length`."""
@@ -140,9 +142,11 @@ class ServingRun:
             return
         cfg = self.cfg
         self._store_cfg = instantiate_config(StoreConfig, cfg.store, "store")
+        parts = build_components(cfg, self.registry)
+        self._allocators = RequestAllocators(parts.allocator)
         nodes = strategy_nodes(cfg, self.registry)
         self.planner = Planner(cfg, self.registry, self.serve, nodes)
-        self._parts = build_components(cfg, self.registry)
+        self._parts = parts
 
     async def start(self) -> str:
         """Start the plugins (in the server's event loop) and create the serving run."""
@@ -282,11 +286,10 @@ class ServingRun:
         assert parts is not None and scheduler is not None and run_id
         reg = self.registry.get("strategy", plan.strategy)
         strategy = _Chosen(reg.cls(plan.config))
-        request_parts = dataclasses.replace(
-            parts,
-            strategy=strategy,
-            allocator=FixedAllocator(FixedAllocatorConfig(), plan.budget),
+        allocator = self._allocators.for_request(
+            plan.budget, strategy_named=plan.named, wrap=_Chosen
         )
+        request_parts = dataclasses.replace(parts, strategy=strategy, allocator=allocator)
         seed = int(self.cfg.run.seed) if plan.seed is None else plan.seed
         async with self._sem:
             result = await self.runner.solve_problem(
@@ -314,7 +317,8 @@ class ServingRun:
                 ) from exc
             self.registry.pm.hook.on_problem_done(run_id=run_id, result=result)
         self.answered += 1
-        return _answer(run_id, plan, result, strategy.last)
+        chosen = allocator.strategy if isinstance(allocator.strategy, _Chosen) else strategy
+        return _answer(run_id, plan, result, chosen.last, strategy=chosen.name)
 
     def _track(self, write: asyncio.Future[bool], result: ProblemResult) -> None:
         """A write that outlives its request: `close` waits for it like a request."""
@@ -380,7 +384,12 @@ def chosen_branch(result: ProblemResult, solution: Solution | None) -> Branch | 
 
 
 def _answer(
-    run_id: str, plan: RequestPlan, result: ProblemResult, solution: Solution | None
+    run_id: str,
+    plan: RequestPlan,
+    result: ProblemResult,
+    solution: Solution | None,
+    *,
+    strategy: str,
 ) -> Answer:
     branch = chosen_branch(result, solution)
     text = branch.text if branch is not None else (result.answer or "")
@@ -392,6 +401,7 @@ def _answer(
         run_id=run_id,
         problem_id=result.problem.id,
         status=result.status,
+        strategy=strategy,
         text=text,
         finish_reason=finish,
         answer=result.answer,

@@ -46,7 +46,7 @@ def test_a_request_whose_transaction_fails_is_a_500_and_nothing_of_it_is_stored(
         store.close()
 
 
-@pytest.mark.parametrize("level,pragma", [(None, 1), ("normal", 1), ("full", 2)])
+@pytest.mark.parametrize("level,pragma", [(None, 1), ("full", 2)])
 def test_the_sqlite_store_syncs_at_checkpoints_unless_told_to_sync_every_commit(
     tmp_path: Path, level: str | None, pragma: int
 ) -> None:
