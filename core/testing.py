@@ -122,7 +122,9 @@ class ScriptedBackend(Backend):
 
     def _script(self, prompt: str, rng: random.Random) -> tuple[str, bool]:
         """The next chunk of the solution after `prompt`, and whether it ends it."""
-        head, _, done = prompt.partition(PROMPT_END)
+        head, marked, done = prompt.partition(PROMPT_END)
+        if not marked:  # a raw prompt (not rendered by this backend): all of it so far
+            done = head
         m = re.search(r"answer=(-?\d+)", head)
         answer = int(m.group(1)) if m else 0
         k = done.count("Step ")
