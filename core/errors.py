@@ -118,6 +118,22 @@ class BackendError(TtcError):
     """A backend failed to produce generations."""
 
 
+class ServerUnreachable(BackendError):
+    """The generation server refuses every connection: it is not running, or not at the
+    configured address. Requests then fail at once instead of being retried, and the
+    runner stops the run (see `Backend.unavailable`)."""
+
+    def __init__(self, url: str, *, refused: int, hint: str | None = None) -> None:
+        super().__init__(
+            f"the server at {url} refused "
+            + ("the connection" if refused == 1 else f"{refused} connections in a row")
+            + ": it is not running, still starting, or not at that address",
+            hint=hint or "start the server (or wait until it listens), or fix backend.base_url",
+        )
+        self.url = url
+        self.refused = refused
+
+
 class StoreError(TtcError):
     """The run store cannot be opened, migrated or read."""
 

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from ttc.budget import Budget, Unit
+    from ttc.errors import BackendError
     from ttc.scheduler import Scheduler
 
 
@@ -186,6 +187,13 @@ class Backend(abc.ABC):
     @property
     def model_name(self) -> str:
         return str(getattr(self.config, "model", self.name))
+
+    def unavailable(self) -> BackendError | None:
+        """The error that makes every further request futile (a server that refuses all
+        connections), or None. The runner then starts no more problems and stops the run
+        with this error; the problems already solved, and those that failed with it, stay
+        stored (a resume retries the latter)."""
+        return None
 
 
 class RewardModel(abc.ABC):

@@ -369,6 +369,8 @@ class Runner:
         async def solve_one(index: int, problem: Problem) -> None:
             nonlocal written
             async with sem:
+                if parts.backend.unavailable() is not None:
+                    return  # the server is down: left unsolved for a resume
                 result = await self._solve(
                     index, problem, run_id, parts, scheduler, cost, aggregate_how, seed
                 )
@@ -382,6 +384,11 @@ class Runner:
             self.hook.on_problem_done(run_id=run_id, result=result)
 
         await asyncio.gather(*(solve_one(i, p) for i, p in todo))
+        down = parts.backend.unavailable()
+        if down is not None:  # stop the run with the one line that says why
+            if "resume=" not in (down.hint or ""):
+                down.hint = f"{down.hint}; then continue with `ttc run resume={run_id}`"
+            raise down
         return written
 
     async def solve_problem(

@@ -52,7 +52,12 @@ class FakeServer:
     """
 
     def __init__(
-        self, *, openai_style: bool = False, delay_s: float = 0.0, merges: tuple[str, ...] = ()
+        self,
+        *,
+        openai_style: bool = False,
+        delay_s: float = 0.0,
+        merges: tuple[str, ...] = (),
+        port: int = 0,
     ) -> None:
         self.openai_style = openai_style
         self.merges = {piece: 1000 + i for i, piece in enumerate(merges)}
@@ -71,7 +76,7 @@ class FakeServer:
         self.seen_prompts: list[str] = []
         self.judged = 0
         self.plan = self.default_plan
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 

@@ -85,6 +85,7 @@ def test_openai_retries_are_detail(
             max_attempts=3,
             backoff_base_s=0.0,
             connect_timeout_s=2.0,
+            fail_fast=0,  # retry refusals (by default a refusal at start fails at once)
         )
     )
 
