@@ -217,6 +217,70 @@ class ProblemContext:
         in the policy's vocabulary for the tree) and is charged at its own shape. With
         `model` given, each child records `extra["model"]`, `extra["model_tokens"]` (what
         that model generated) and `extra["flops"]` (its share of the call's FLOPs)."""
+        return [child for child, _ in await self._generate(branches, sampling, model=model)]
+
+    def extend(self, branch: Branch, text: str) -> Branch:
+        """A child of `branch` holding `text` that the strategy writes (an instruction, a
+        question, the start of an answer): tokenised by the backend, nothing generated
+        and nothing spent now; its tokens are prompt of the calls that continue it
+        (a prefix cache covers what came before). Marked `extra["written"]`."""
+        backend = self._scheduler.backend
+        ids = list(backend.encode(text))
+        lead = list(backend.encode(""))  # what encode adds to any text (e.g. BOS)
+        if lead and ids[: len(lead)] == lead:
+            ids = ids[len(lead) :]
+        child = Branch(
+            id=len(self._tree.nodes),
+            parent_id=branch.id,
+            step=branch.step + 1,
+            token_ids=branch.token_ids + tuple(ids),
+            step_texts=(*branch.step_texts, text),
+            cum_logprob=branch.cum_logprob,
+            step_scores=branch.step_scores,
+            extra={"written": True},
+        )
+        self._tree.nodes[child.id] = child
+        return child
+
+    async def ask(
+        self,
+        branch: Branch,
+        question: str,
+        options: Sequence[str] = ("yes", "no"),
+        *,
+        top: int = 20,
+    ) -> dict[str, float]:
+        """The model's own probability of each option as its next token after `branch`'s
+        text and `question` (written with `extend`): one greedy one-token generate call
+        with the `top` most likely next tokens (`Sampling.top_logprobs`), charged like any
+        call. A next token counts for the first option its text (stripped, lower-cased)
+        begins or is a beginning of; the probabilities are normalised over the options
+        (uniform when none of them is among the `top`). The answer node is not a
+        solution (`finished` False) and records them in `extra["asked"]`."""
+        asked = self.extend(branch, question)
+        sampling = Sampling(n=1, temperature=0.0, max_tokens=1, logprobs=True, top_logprobs=top)
+        (reply, g), *_ = await self._generate([asked], sampling, model=None)
+        decode = self._scheduler.backend.decode
+        mass = dict.fromkeys(options, 0.0)
+        alternatives = g.top_logprobs[0] if g.top_logprobs else ()
+        if not alternatives and g.token_ids and g.logprobs:
+            alternatives = ((g.token_ids[0], g.logprobs[0]),)
+        for token, logprob in alternatives:
+            word = decode([token]).strip().lower()
+            hit = next(
+                (o for o in options if word and (o.startswith(word) or word.startswith(o))), None
+            )
+            if hit is not None:
+                mass[hit] += math.exp(logprob)
+        total = sum(mass.values())
+        probs = {o: (m / total if total > 0 else 1.0 / len(options)) for o, m in mass.items()}
+        reply.finished = False
+        reply.extra["asked"] = {o: round(p, 4) for o, p in probs.items()}
+        return probs
+
+    async def _generate(
+        self, branches: Sequence[Branch], sampling: Sampling, *, model: str | None
+    ) -> list[tuple[Branch, Generation]]:
         if not branches:
             return []
         route = None if model in (None, POLICY) else self._route(str(model))
@@ -262,7 +326,7 @@ class ProblemContext:
             raise
         latency = time.perf_counter() - t0
 
-        children: list[Branch] = []
+        children: list[tuple[Branch, Generation]] = []
         served: list[Served] = []
         produced: list[list[Branch]] = []
         batch = 0
@@ -287,7 +351,7 @@ class ProblemContext:
             )
             mine = [self._child(parent, g, recode=route is not None) for g in result.generations]
             produced.append(mine)
-            children.extend(mine)
+            children.extend(zip(mine, result.generations, strict=True))
         charge = self._ledger.charge_generate(grant, served, cost=cost)
         if model is not None:
             for mine, flops in zip(produced, charge.request_flops, strict=True):
@@ -311,7 +375,7 @@ class ProblemContext:
         if errors and not children:
             raise BackendError(f"every request of the call failed: {errors[0]}")
         if self._ledger.wants_answers:  # an allocator's stop rule reads the answers
-            stated = (self.answer(b) for b in children)
+            stated = (self.answer(b) for b, _ in children)
             self._ledger.observe_answers([self.normalize(a) for a in stated if a is not None])
         return children
 

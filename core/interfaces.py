@@ -70,6 +70,25 @@ class SolveContext(Protocol):
         """The models `generate` can run on: `policy` and those the strategy declared."""
         ...
 
+    def extend(self, branch: Branch, text: str) -> Branch:
+        """A child of `branch` holding `text` the strategy writes (an instruction, a
+        question, the start of an answer); nothing is generated or spent now: its tokens
+        are prompt of the calls that continue it."""
+        ...
+
+    async def ask(
+        self,
+        branch: Branch,
+        question: str,
+        options: Sequence[str] = ("yes", "no"),
+        *,
+        top: int = 20,
+    ) -> dict[str, float]:
+        """The model's own next-token probability of each option after `branch` and
+        `question`, normalised over the options: one greedy one-token call read through
+        `Sampling.top_logprobs` (the `top` most likely tokens), charged like any call."""
+        ...
+
     async def score(
         self, branches: Sequence[Branch], *, verifications: int | None = None
     ) -> list[float]:

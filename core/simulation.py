@@ -37,6 +37,7 @@ reward=sim`).
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import re
 import threading
@@ -73,10 +74,14 @@ def sim_prompt(
     tail: float,
     spread: int = 0,
     detour: int = 0,
+    **behaviour: float | None,
 ) -> str:
+    """The problem's header; `behaviour` (`fix`, `keep`, `overthink`, `ready`, `sure`) is
+    written only where set, so problems without it keep their prompts."""
+    more = "".join(f" {k}={v}" for k, v in behaviour.items() if v is not None)
     return (
         f"[sim id={pid} answer={answer} steps={steps} q={q} wrong={wrong} tail={tail}"
-        f" spread={spread} detour={detour}]"
+        f" spread={spread} detour={detour}{more}]"
     )
 
 
@@ -94,6 +99,12 @@ def _offsets(spec: str) -> list[tuple[int, float]]:
 
 
 STEP = re.compile(r"Step \d+/(\d+):")
+REVISED = "Revised solution:\n"
+"""Where a new attempt starts in a solution text (revision, feedback)."""
+QUESTION = "(yes/no):"
+"""A solution text ending with a line that ends so asks the model a question."""
+ANSWER_CUE = "\\boxed{"
+"""A solution text ending so is completed with the answer."""
 
 
 def _depth(done: str) -> int | None:
@@ -211,23 +222,46 @@ class SimBackend(Backend):
         head: dict[str, str], done: str, rng: random.Random, *, skill: float | None = None
     ) -> tuple[str, bool]:
         """The next step (or the final answer) after the solution text `done`; `skill`:
-        the model's own q, applied through each step's hardness (`hardness`)."""
+        the model's own q, applied through each step's hardness (`hardness`).
+
+        Only the current attempt (after the last `REVISED`) counts. A revised attempt,
+        where the header sets `fix` and `keep`, is decided at its first step: right with
+        probability `keep` when the attempt before stated the right answer, else `fix`
+        (the model's revisions are better than chance when `fix` exceeds its accuracy);
+        without them a revision is a fresh attempt. With `overthink=m`, m "Check" steps
+        follow the last step before the answer (an answer ready early)."""
         steps, q = int(head["steps"]), float(head["q"])
-        k = done.count("Step ")
+        *earlier, current = done.split(REVISED)
+        revised = bool(earlier) and "fix" in head
+        k = current.count("Step ")
         if skill is not None:
             q = skill ** (2.0 * hardness(head, k + 1))
-        right_so_far = "err" not in done
-        depth = _depth(done)
+        right_so_far = "err" not in current
+        fate = None
+        if revised and (k == 0 or steps == 0):
+            before = BOXED.findall(earlier[-1])
+            was_right = bool(before) and before[-1].strip() == head["answer"]
+            fate = rng.random() < float(head["keep" if was_right else "fix"])
+        depth = _depth(current)
         if depth is None:  # the first step fixes the solution's depth
             depth = steps + rng.randint(0, int(head.get("spread", 0)))
         if k < depth:
-            right = right_so_far and rng.random() < q
+            if fate is not None:
+                right = fate
+            else:  # a revised attempt was decided at its first step
+                right = right_so_far and (revised or rng.random() < q)
             if right_so_far and not right:  # a wrong turn takes a detour before answering
                 depth += int(head.get("detour", 0))
             tag = f"{'ok' if right else 'err'} #{rng.getrandbits(16):04x}"
             return f"Step {k + 1}/{depth}: {tag}\n\n", False
+        checks, overthink = current.count("Check "), int(head.get("overthink", 0))
+        if checks < overthink and not current.endswith(ANSWER_CUE):
+            return f"Check {checks + 1}/{overthink}: ok #{rng.getrandbits(16):04x}\n\n", False
         answer = int(head["answer"])
-        right = right_so_far if steps else rng.random() < q
+        if fate is not None:
+            right = fate
+        else:
+            right = right_so_far if steps else rng.random() < q
         if not right:
             offsets = _offsets(head.get("wrong", ""))
             tail = float(head.get("tail", 0.0))
@@ -235,7 +269,28 @@ class SimBackend(Backend):
                 answer += rng.randint(100, 100_100)
             else:
                 answer += rng.choices([o for o, _ in offsets], [w for _, w in offsets])[0]
+        if current.endswith(ANSWER_CUE):
+            return f"{answer}}}.", True
         return f"So the answer is \\boxed{{{answer}}}.", True
+
+    @staticmethod
+    def p_yes(head: dict[str, str], done: str) -> float:
+        """The model's P(yes) for the question ending `done`. "...ready...": whether the
+        current attempt took all its steps (`ready`: P(yes) when it did, 1 - `ready` when
+        not; 0.5 by default: readiness not detectable). Else whether its answer is right:
+        a share `sure` of answers (fixed per text) is judged confidently (0.95 / 0.05),
+        the rest barely (0.55 / 0.45)."""
+        current = done.split(REVISED)[-1]
+        body, _, line = current.rstrip().rpartition("\n")
+        if "ready" in line.lower():
+            depth = _depth(body)
+            done_steps = depth is not None and body.count("Step ") >= depth
+            ready = float(head.get("ready", 0.5))
+            return ready if done_steps else 1.0 - ready
+        found = BOXED.findall(body)
+        right = bool(found) and found[-1].strip() == head["answer"]
+        sure = _unit("verdict", head.get("id", ""), body).random() < float(head.get("sure", 0))
+        return (0.95 if right else 0.05) if sure else (0.55 if right else 0.45)
 
     def _generate(self, req: GenerateRequest) -> GenerateResult:
         s = req.sampling
@@ -245,6 +300,8 @@ class SimBackend(Backend):
             raise RuntimeError("sim: injected backend failure")
         head = parse_header(req.prompt)
         done = req.prompt.partition(PROMPT_END)[2]
+        if done.rstrip(" ").endswith(QUESTION):
+            return self._reply(req, head, done)
         gens = []
         skill = self.config.q
         for i in range(s.n):
@@ -279,6 +336,33 @@ class SimBackend(Backend):
                     logprobs=tuple(-0.1 for _ in ids) if s.logprobs else None,
                     stop_reason=hit,
                     top_logprobs=top,
+                )
+            )
+        return GenerateResult(generations=tuple(gens), usage=self._usage(req, gens))
+
+    def _reply(self, req: GenerateRequest, head: dict[str, str], done: str) -> GenerateResult:
+        """ " yes" or " no" to a question, drawn with the model's P(yes); with
+        `top_logprobs`, the first token's alternatives are both answers' first letters."""
+        s, p = req.sampling, min(max(self.p_yes(head, done), 1e-6), 1 - 1e-6)
+        gens = []
+        for i in range(s.n):
+            rng = random.Random(f"{s.seed}:{i}")
+            yes = rng.random() < p if s.temperature > 0 else p >= 0.5
+            text = "yes" if yes else "no"
+            reason = "length" if len(text) > s.max_tokens else "eos"
+            text = text[: s.max_tokens]
+            ids = tuple(self.encode(text))
+            both = ((ord("y"), math.log(p)), (ord("n"), math.log(1 - p)))
+            first = tuple(sorted(both, key=lambda a: -a[1]))
+            lps = (math.log(p if yes else 1 - p),) + (0.0,) * (len(ids) - 1)
+            tops = (first, *(((t, 0.0),) for t in ids[1:]))
+            gens.append(
+                Generation(
+                    token_ids=ids,
+                    text=text,
+                    finish_reason=reason,  # type: ignore[arg-type]
+                    logprobs=lps if s.logprobs else None,
+                    top_logprobs=tops if s.logprobs and s.top_logprobs else None,
                 )
             )
         return GenerateResult(generations=tuple(gens), usage=self._usage(req, gens))
@@ -408,6 +492,18 @@ class SimTaskConfig(TaskConfig):
     tail: float = bounded(0.0, ge=0.0, le=1.0, help="share of wrong answers that are rare")
     spread: int = bounded(0, ge=0, help="a solution has steps + U{0..spread} steps")
     detour: int = bounded(0, ge=0, help="extra steps a path takes after a wrong step")
+    fix: float | None = bounded(
+        None, ge=0.0, le=1.0, help="P(a revision of a wrong answer is right)"
+    )
+    keep: float | None = bounded(
+        None, ge=0.0, le=1.0, help="P(a revision of a right answer is right)"
+    )
+    overthink: int | None = bounded(None, ge=0, help="check steps after the last step")
+    ready: float | None = bounded(None, ge=0.0, le=1.0, help="P(yes) to 'ready?' once it is")
+    sure: float | None = bounded(None, ge=0.0, le=1.0, help="share of confident self-verdicts")
+
+
+BEHAVIOUR = ("fix", "keep", "overthink", "ready", "sure")
 
 
 def make_problems(
@@ -421,7 +517,15 @@ def make_problems(
     detour: int = 0,
     seed: int = 0,
     prefix: str = "s",
+    **behaviour: float | None,
 ) -> list[Problem]:
+    """`n` seeded problems; `behaviour` sets the header fields of `BEHAVIOUR` (revision,
+    overthinking, self-knowledge: see `SimBackend.next_chunk` and `p_yes`)."""
+    unknown = set(behaviour) - set(BEHAVIOUR)
+    if unknown:
+        raise TypeError(f"unknown sim behaviour {sorted(unknown)}; known: {BEHAVIOUR}")
+    if (behaviour.get("fix") is None) != (behaviour.get("keep") is None):
+        raise TypeError("sim revision needs both fix and keep")
     rng = random.Random(seed)
     out = []
     for i in range(n):
@@ -436,6 +540,7 @@ def make_problems(
             tail=tail,
             spread=spread,
             detour=detour,
+            **behaviour,
         )
         out.append(Problem(id=pid, prompt=prompt, reference=str(answer)))
     return out
@@ -455,6 +560,7 @@ class SimTask(Task):
             spread=c.spread,
             detour=c.detour,
             seed=c.seed,
+            **{k: getattr(c, k) for k in BEHAVIOUR},
         )
         return problems[: c.limit] if c.limit else problems
 

@@ -38,6 +38,7 @@ def register_strategies(register: Callable[..., None]) -> None:
     from ttc.strategies.particle_filter import ParticleFilter, ParticleFilterConfig
     from ttc.strategies.particle_gibbs import ParticleGibbs, ParticleGibbsConfig
     from ttc.strategies.rebase import Rebase, RebaseConfig
+    from ttc.strategies.revision import Revision, RevisionConfig
     from ttc.strategies.self_consistency import SelfConsistency, SelfConsistencyConfig
 
     register(BestOfN, BestOfNConfig)
@@ -51,6 +52,7 @@ def register_strategies(register: Callable[..., None]) -> None:
     register(AdaptiveConsistency, AdaptiveConsistencyConfig)
     register(Rebase, RebaseConfig)
     register(Cascade, CascadeConfig)
+    register(Revision, RevisionConfig)
 
 
 @ttc.hookimpl

@@ -21,6 +21,7 @@ from ttc.strategies.dvts import Dvts, DvtsConfig
 from ttc.strategies.particle_filter import ParticleFilter, ParticleFilterConfig
 from ttc.strategies.particle_gibbs import ParticleGibbs, ParticleGibbsConfig
 from ttc.strategies.rebase import Rebase, RebaseConfig
+from ttc.strategies.revision import Revision, RevisionConfig
 from ttc.strategies.self_consistency import SelfConsistency, SelfConsistencyConfig
 
 STRATEGIES: dict[str, Callable[[], Strategy]] = {
@@ -46,6 +47,7 @@ STRATEGIES: dict[str, Callable[[], Strategy]] = {
             large_tokens=64,
         )
     ),
+    "revision": lambda: Revision(RevisionConfig(attempts=4, chain_length=2, select="verifier")),
 }
 
 BUDGETS = [
