@@ -245,7 +245,8 @@ class SimBackend(Backend):
         depth = _depth(current)
         if depth is None:  # the first step fixes the solution's depth
             depth = steps + rng.randint(0, int(head.get("spread", 0)))
-        if k < depth:
+        cued = current.endswith(ANSWER_CUE)  # made to answer now: before its last step, wrongly
+        if k < depth and not cued:
             if fate is not None:
                 right = fate
             else:  # a revised attempt was decided at its first step
@@ -255,13 +256,14 @@ class SimBackend(Backend):
             tag = f"{'ok' if right else 'err'} #{rng.getrandbits(16):04x}"
             return f"Step {k + 1}/{depth}: {tag}\n\n", False
         checks, overthink = current.count("Check "), int(head.get("overthink", 0))
-        if checks < overthink and not current.endswith(ANSWER_CUE):
+        if checks < overthink and not cued:
             return f"Check {checks + 1}/{overthink}: ok #{rng.getrandbits(16):04x}\n\n", False
         answer = int(head["answer"])
         if fate is not None:
             right = fate
         else:
             right = right_so_far if steps else rng.random() < q
+        right = right and k >= depth
         if not right:
             offsets = _offsets(head.get("wrong", ""))
             tail = float(head.get("tail", 0.0))
@@ -269,7 +271,7 @@ class SimBackend(Backend):
                 answer += rng.randint(100, 100_100)
             else:
                 answer += rng.choices([o for o, _ in offsets], [w for _, w in offsets])[0]
-        if current.endswith(ANSWER_CUE):
+        if cued:
             return f"{answer}}}.", True
         return f"So the answer is \\boxed{{{answer}}}.", True
 
@@ -462,7 +464,12 @@ class SimReward(StepReadingReward):
         for req in requests:
             if self.config.fail_on and req.steps and self.config.fail_on in req.steps[-1]:
                 raise RuntimeError("sim: injected reward failure")
-            scores = tuple(self.step_score(req.problem, s) for s in req.steps)
+            # a step that completes an answer cue ("...\\boxed{" + "37}.") is read with it
+            texts = [
+                ANSWER_CUE + s if i and req.steps[i - 1].endswith(ANSWER_CUE) else s
+                for i, s in enumerate(req.steps)
+            ]
+            scores = tuple(self.step_score(req.problem, s) for s in texts)
             out.append(self.result(req, scores))
         return out
 

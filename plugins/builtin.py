@@ -40,6 +40,7 @@ def register_strategies(register: Callable[..., None]) -> None:
     from ttc.strategies.rebase import Rebase, RebaseConfig
     from ttc.strategies.revision import Revision, RevisionConfig
     from ttc.strategies.self_consistency import SelfConsistency, SelfConsistencyConfig
+    from ttc.strategies.solve_detect_verify import SolveDetectVerify, SolveDetectVerifyConfig
 
     register(BestOfN, BestOfNConfig)
     register(BeamSearch, BeamSearchConfig)
@@ -53,6 +54,7 @@ def register_strategies(register: Callable[..., None]) -> None:
     register(Rebase, RebaseConfig)
     register(Cascade, CascadeConfig)
     register(Revision, RevisionConfig)
+    register(SolveDetectVerify, SolveDetectVerifyConfig)
 
 
 @ttc.hookimpl

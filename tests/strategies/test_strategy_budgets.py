@@ -23,6 +23,7 @@ from ttc.strategies.particle_gibbs import ParticleGibbs, ParticleGibbsConfig
 from ttc.strategies.rebase import Rebase, RebaseConfig
 from ttc.strategies.revision import Revision, RevisionConfig
 from ttc.strategies.self_consistency import SelfConsistency, SelfConsistencyConfig
+from ttc.strategies.solve_detect_verify import SolveDetectVerify, SolveDetectVerifyConfig
 
 STRATEGIES: dict[str, Callable[[], Strategy]] = {
     "best_of_n": lambda: BestOfN(BestOfNConfig(n=6)),
@@ -47,6 +48,7 @@ STRATEGIES: dict[str, Callable[[], Strategy]] = {
             large_tokens=64,
         )
     ),
+    "solve_detect_verify": lambda: SolveDetectVerify(SolveDetectVerifyConfig(rounds=2)),
     "revision": lambda: Revision(RevisionConfig(attempts=4, chain_length=2, select="verifier")),
 }
 
