@@ -43,8 +43,19 @@ STRATEGIES = (
     "particle_gibbs",
     "a_star",
     "cascade",
+    "rebase",
+    "revision",
+    "solve_detect_verify",
 )
-STEP_STRATEGIES = {"beam_search", "dvts", "particle_filter", "particle_gibbs", "a_star"}
+STEP_STRATEGIES = {
+    "beam_search",
+    "dvts",
+    "particle_filter",
+    "particle_gibbs",
+    "a_star",
+    "rebase",
+    "solve_detect_verify",
+}
 
 
 def sized(strategy: str, budget: int, *, step_tokens: int, sample_tokens: int) -> list[str]:
@@ -74,6 +85,14 @@ def sized(strategy: str, budget: int, *, step_tokens: int, sample_tokens: int) -
             'strategy.stop=["Question:"]',
             "task.few_shot=2",
         ],
+        "rebase": [f"strategy.width={budget}"],
+        # budget attempts in chains of 2 (the sequential/parallel ratio 2 : budget/2)
+        "revision": [
+            f"strategy.attempts={budget}",
+            f"strategy.chain_length={min(2, budget)}",
+            f"strategy.max_tokens={sample_tokens}",
+        ],
+        "solve_detect_verify": [f"strategy.rounds={max(budget // 2, 1)}"],
     }[strategy]
     if strategy in STEP_STRATEGIES:
         width.append(f"strategy.step_tokens={step_tokens}")

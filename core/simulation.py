@@ -32,6 +32,12 @@ reward=sim`).
   (fixed per text, like a systematic blind spot); the final step adds a fixed per-answer
   offset of scale `answer_noise` (the reward model's opinion of each distinct answer).
 - `sim` task: seeded problems of that kind.
+- Optional behaviours (header fields, set through `make_problems` / the task config):
+  `fix`/`keep`, revisions after "Revised solution:" right with known probabilities;
+  `overthink`, "Check" steps after the last step (the answer is known early);
+  `ready`/`sure`, how the model answers a "(yes/no):" question about its readiness or
+  its answer (`SimBackend.p_yes`, read through top logprobs); a text ending with
+  "\\boxed{" is completed with the answer.
 """
 
 from __future__ import annotations
