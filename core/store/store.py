@@ -324,6 +324,15 @@ def open_store(url: str, *, create: bool = True, echo: bool = False) -> Store:
         return Store(url, echo=echo)
 
 
+def _new_run_id() -> str:
+    """Twelve hex digits with at least one letter other than `e`: an id of digits only,
+    or digits around one `e`, would be read back as a number by `resume=<id>`."""
+    while True:
+        run_id = uuid.uuid4().hex[:12]
+        if any(c in "abcdf" for c in run_id):
+            return run_id
+
+
 class Store:
     """A run store at a SQLAlchemy URL. Opening it applies pending migrations."""
 
@@ -367,7 +376,7 @@ class Store:
         n_problems: int = 0,
         fingerprint: str | None = None,
     ) -> str:
-        run_id = uuid.uuid4().hex[:12]
+        run_id = _new_run_id()
         now = _now()
         with self.session() as s, s.begin():
             s.add(

@@ -289,3 +289,30 @@ def test_a_failure_before_solving_stays_that_problems(store_url: str, overrides:
     assert results["p003"]["status"] == "error"
     assert "scripted failure in" in results["p003"]["error"]
     assert all(r["status"] == "ok" for pid, r in results.items() if pid != "p003")
+
+
+@pytest.mark.parametrize("drawn", ["012345678901", "197977712e58", "1e2345678901"])
+def test_a_run_id_is_never_one_that_an_override_reads_as_a_number(
+    drawn: str, store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`resume=<id>` must give back the printed id: an all-digit id, or digits around one
+    `e`, is read by Hydra as an int or a float and names no run."""
+    import uuid
+
+    import ttc.store.store as store_module
+
+    draws = iter([uuid.UUID(drawn + "0" * 20), uuid.UUID("a" * 32)])
+    monkeypatch.setattr(store_module.uuid, "uuid4", lambda: next(draws))
+    store = Store(store_url)
+    run_id = store.create_run(
+        config={},
+        strategy="s",
+        backend="b",
+        model="m",
+        task="t",
+        reward="r",
+        versions={},
+        hardware={},
+    )
+    assert compose([*DOUBLES, f"resume={run_id}"]).resume == run_id
+    assert store.resolve_id(str(compose([f"resume={run_id}"]).resume)) == run_id
