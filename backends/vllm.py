@@ -114,6 +114,7 @@ class VLLMBackend(CodecBackend, Backend):
 
     name: ClassVar[str] = "vllm"
     batches_itself: ClassVar[bool] = True
+    prompt_tokens_per_sample: ClassVar[bool] = True  # one engine sequence per sample
 
     config: VLLMBackendConfig
 
