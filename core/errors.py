@@ -23,6 +23,19 @@ class TtcError(Exception):
     def __str__(self) -> str:
         return self.message
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Rebuilt from its fields, not by calling the subclass's constructor again (whose
+        # arguments differ from `args`): an error raised in a Ray actor reaches the driver
+        # as the same error.
+        return _rebuild, (type(self), self.args, self.__dict__)
+
+
+def _rebuild(cls: type[TtcError], args: tuple[Any, ...], state: dict[str, Any]) -> TtcError:
+    exc = cls.__new__(cls)
+    Exception.__init__(exc, *args)
+    exc.__dict__.update(state)
+    return exc
+
 
 class ExecutorError(TtcError):
     """A Ray run could not solve its problems: no worker could start, or too many died."""
