@@ -115,7 +115,7 @@ class SyntheticEnv:
         """Write one run of `strategy` over the problems (all, or a slice) into `store`;
         return its id. `probe` > 0 stores that many probe samples first (as the
         `difficulty` allocator does), flagged in their `extra`. `bulk` writes all problems
-        in one transaction with `bulk_record` (for large benchmark stores)."""
+        in one transaction (`Store.record_problems`, for large benchmark stores)."""
         # crc32, not hash(): str hashes change with every process (PYTHONHASHSEED), which
         # made the stores, and the tests built on them, differ from run to run
         key = repr((self.seed, strategy, n, width, depth, seed)).encode()
@@ -150,7 +150,7 @@ class SyntheticEnv:
         )
         made = (self._problem(rng, i, strategy, n, width, depth, probe) for i in index)
         if bulk:
-            bulk_record(store, run_id, list(made))
+            store.record_problems(run_id, list(made))
         else:
             for result in made:
                 store.record_problem(run_id, result)
@@ -329,97 +329,3 @@ class SyntheticEnv:
 def power_law_coverage(a: float, b: float, ks: np.ndarray) -> np.ndarray:
     """The exponentiated power law of coverage: `exp(a * k**b)`."""
     return np.exp(a * np.power(ks, b))
-
-
-def bulk_record(store: Any, run_id: str, results: list[ProblemResult]) -> None:
-    """Write many problems of a run in one transaction (Core inserts of the same rows
-    `Store.record_problem` writes one problem at a time; a test checks they load alike)."""
-    from datetime import UTC, datetime
-
-    from sqlalchemy import func, insert, select
-
-    from ttc.store.models import Call, Node, Result
-
-    now = datetime.now(UTC)
-    with store.engine.begin() as conn:
-        next_id = int(conn.execute(select(func.coalesce(func.max(Result.id), 0))).scalar()) + 1
-        res_rows, node_rows, call_rows = [], [], []
-        for offset, r in enumerate(results):
-            rid = next_id + offset
-            sp = r.spent
-            res_rows.append(
-                {
-                    "id": rid,
-                    "run_id": run_id,
-                    "problem_id": r.problem.id,
-                    "problem_index": r.index,
-                    "status": r.status,
-                    "answer": r.answer,
-                    "reference": r.problem.reference,
-                    "correct": r.correct,
-                    "pass_at_1": r.pass_at_1,
-                    "majority_correct": r.majority_correct,
-                    "oracle_correct": r.oracle_correct,
-                    "n_branches": max(len(r.branches) - 1, 0),
-                    "n_leaves": r.n_leaves,
-                    **{u: int(sp.get(u, 0)) for u in _INT_UNITS},
-                    **{u: float(sp.get(u, 0.0)) for u in ("flops", "bytes", "seconds")},
-                    "budget": r.budget,
-                    "trace": r.trace,
-                    "error": r.error,
-                    "created_at": now,
-                }
-            )
-            for b in r.branches:
-                node_rows.append(
-                    {
-                        "result_id": rid,
-                        "node_id": b.id,
-                        "parent_id": b.parent_id,
-                        "step": b.step,
-                        "text": b.step_texts[-1] if b.step_texts else "",
-                        "n_tokens": b.new_tokens,
-                        "cum_logprob": b.cum_logprob,
-                        "step_scores": list(b.step_scores),
-                        "score": b.score,
-                        "finished": b.finished,
-                        "finish_reason": b.finish_reason,
-                        "answer": b.answer,
-                        "selected": b.selected,
-                        "extra": dict(b.extra) or None,
-                    }
-                )
-            for c in r.calls:
-                call_rows.append(
-                    {
-                        "result_id": rid,
-                        "seq": c.seq,
-                        "kind": c.kind,
-                        "status": c.status,
-                        "n_requests": c.n_requests,
-                        "n_sequences": c.n_sequences,
-                        "batch_size": c.batch_size,
-                        "prompt_tokens": c.prompt_tokens,
-                        "cached_prompt_tokens": c.cached_prompt_tokens,
-                        "completion_tokens": c.completion_tokens,
-                        "reward_tokens": c.reward_tokens,
-                        "flops": c.flops,
-                        "latency_s": c.latency_s,
-                        "error": c.error,
-                    }
-                )
-        conn.execute(insert(Result), res_rows)
-        conn.execute(insert(Node), node_rows)
-        conn.execute(insert(Call), call_rows)
-
-
-_INT_UNITS = (
-    "samples",
-    "tokens",
-    "prompt_tokens",
-    "cached_prompt_tokens",
-    "prefill_tokens",
-    "reward_tokens",
-    "reward_calls",
-    "refused_calls",
-)
