@@ -5,7 +5,7 @@
 # into one store, then the analysis report.
 #
 #   bash scripts/sweep_arith.sh all                  # every stage, then the report
-#   bash scripts/sweep_arith.sh b4 | b4-steps | b2 | b1 | b8 | report
+#   bash scripts/sweep_arith.sh b4 | b4-steps | b2 | b1 | b8 | new | cascade | report
 #
 # STORE (default sqlite:///runs/arith_sweep.db), PROBLEMS (64) and OUT (runs/arith_sweep)
 # change where and how much. Each stage is one `ttc run` (Hydra multirun where it sweeps),
@@ -58,6 +58,22 @@ steps4() { # the other strategies at 4 samples' worth (sized as benchmarks/strat
     "strategy.step_delimiter=''" "budget.tokens=$budget" "${COMMON[@]}"
 }
 
+newer() { # $1: samples' worth: REBASE, revision chains, Solve-Detect-Verify, the cascade
+  local budget=$(($1 * SAMPLE_TOKENS))
+  ttc run strategy=rebase "strategy.width=$1" "strategy.max_steps=$MAX_STEPS" "${STEPS[@]}" \
+    "budget.tokens=$budget" "${COMMON[@]}"
+  ttc run strategy=revision "strategy.attempts=$1" "strategy.chain_length=$((1 < $1 ? 2 : 1))" \
+    "${SAMPLE[@]}" "budget.tokens=$budget" "${COMMON[@]}"
+  ttc run strategy=solve_detect_verify "strategy.rounds=$(($1 > 1 ? $1 / 2 : 1))" \
+    "strategy.max_steps=$MAX_STEPS" "${STEPS[@]}" "budget.tokens=$budget" "${COMMON[@]}"
+}
+
+cascade() { # $1: thresholds (comma-separated); gemma3-270m above smollm2-135m, 2 samples
+  ttc run -m strategy=cascade "strategy.threshold=$1" strategy.n=2 \
+    strategy.large_model=gemma3-270m strategy.chunk_tokens=8 strategy.large_tokens=8 \
+    "${SAMPLE[@]}" "budget.tokens=$((2 * SAMPLE_TOKENS))" "${COMMON[@]}"
+}
+
 report() {
   mkdir -p "$OUT"
   ttc analyze runs --store "$STORE" --task arith
@@ -75,8 +91,10 @@ case "${1:-all}" in
   b2) sampling 2 && particles 2 ;;
   b1) sampling 1 && particles 1 ;;
   b8) sampling 8 && particles 8 ;;
+  new) newer 2 && newer 4 ;;
+  cascade) cascade "${THRESHOLDS:-0.1,0.3,1.0}" ;;
   report) report ;;
   all) sampling 4 && particles 4 && steps4 && sampling 2 && particles 2 && sampling 1 \
     && particles 1 && report ;;
-  *) echo "unknown stage '$1'; use all, b4, b4-steps, b2, b1, b8 or report" >&2 && exit 2 ;;
+  *) echo "unknown stage '$1'; use all, b4, b4-steps, b2, b1, b8, new, cascade or report" >&2 && exit 2 ;;
 esac
