@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import statistics
 import sys
@@ -130,11 +131,20 @@ def throughput(
             latencies.append(time.perf_counter() - t0)
 
     async def drive(url: str) -> float:
-        limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=clients + 4)
-        async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as http:
+        # One connection per client, each in its own pool: httpx's pool scans all of its
+        # connections on every request, which at 64 connections in one pool made the
+        # benchmark's own client the bottleneck (it measured httpx, not the gateway).
+        one = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+        async with contextlib.AsyncExitStack() as stack:
+            https = [
+                await stack.enter_async_context(
+                    httpx.AsyncClient(base_url=url, timeout=300, limits=one, verify=False)
+                )
+                for _ in range(clients)
+            ]
             todo = list(range(requests))
             t0 = time.perf_counter()
-            await asyncio.gather(*(client(http, todo) for _ in range(clients)))
+            await asyncio.gather(*(client(http, todo) for http in https))
             return time.perf_counter() - t0
 
     with BackgroundServer(app, serve) as url:
