@@ -101,34 +101,47 @@ def build_components(cfg: DictConfig, registry: Registry) -> Components:
 def build_models(cfg: DictConfig, registry: Registry, strategy: Strategy) -> dict[str, Backend]:
     """The backends of a strategy's further models: the run's `backend` config with the
     strategy's overrides for each (`Strategy.models`)."""
-    out: dict[str, Backend] = {}
-    for role, overrides in strategy.models().items():
-        run_backend = OmegaConf.to_container(cfg.backend, resolve=True)
-        assert isinstance(run_backend, dict)
-        if overrides.get("name", run_backend["name"]) != run_backend["name"]:
-            run_backend = {}  # another kind of backend: none of the run's keys apply
-        node = OmegaConf.merge(run_backend, overrides)
-        reg = registry.get("backend", str(node.name))
-        # by convention the strategy's key for model `role` is `<role>_backend`
-        key = f"strategy.{role}_backend"
-        out[role] = reg.cls(instantiate_config(reg.config_cls, node, key))
-    return out
+    return {
+        role: build_model(cfg, registry, role, overrides)
+        for role, overrides in strategy.models().items()
+    }
+
+
+def build_model(
+    cfg: DictConfig, registry: Registry, role: str, overrides: dict[str, Any]
+) -> Backend:
+    """The backend of the strategy's model `role` (not started)."""
+    run_backend = OmegaConf.to_container(cfg.backend, resolve=True)
+    assert isinstance(run_backend, dict)
+    if overrides.get("name", run_backend["name"]) != run_backend["name"]:
+        run_backend = {}  # another kind of backend: none of the run's keys apply
+    node = OmegaConf.merge(run_backend, overrides)
+    reg = registry.get("backend", str(node.name))
+    # by convention the strategy's key for model `role` is `<role>_backend`
+    key = f"strategy.{role}_backend"
+    backend: Backend = reg.cls(instantiate_config(reg.config_cls, node, key))
+    return backend
+
+
+async def start_model(backend: Backend, cfg: DictConfig) -> ModelRoute:
+    """Start a further model behind a scheduler of its own."""
+    await backend.start()
+    return ModelRoute(
+        backend=backend,
+        scheduler=Scheduler(
+            backend,
+            None,
+            max_batch_size=cfg.scheduler.max_batch_size,
+            max_wait_s=cfg.scheduler.max_wait_ms / 1000.0,
+        ),
+        cost=CostModel(backend.architecture),
+    )
 
 
 async def start_models(parts: Components, cfg: DictConfig) -> None:
     """Start the strategy's further models, each behind a scheduler of its own."""
     for role, backend in parts.models.items():
-        await backend.start()
-        parts.routes[role] = ModelRoute(
-            backend=backend,
-            scheduler=Scheduler(
-                backend,
-                None,
-                max_batch_size=cfg.scheduler.max_batch_size,
-                max_wait_s=cfg.scheduler.max_wait_ms / 1000.0,
-            ),
-            cost=CostModel(backend.architecture),
-        )
+        parts.routes[role] = await start_model(backend, cfg)
 
 
 def versions(registry: Registry) -> dict[str, Any]:

@@ -103,13 +103,19 @@ class ScriptedBackend(Backend):
         if marker and self.config.fail_in == stage and marker in text:
             raise RuntimeError(f"scripted failure in {stage}")
 
+    started = False
+    """Whether `start` ran (and `close` after it: `closed`), for tests of life cycles."""
+    closed = False
+
     async def start(self) -> None:
         if self.config.start_delay_s:
             await asyncio.sleep(self.config.start_delay_s)
+        self.started = True
 
     async def close(self) -> None:
         if self.config.close_delay_s:
             await asyncio.sleep(self.config.close_delay_s)
+        self.closed = True
 
     def decode(self, token_ids: Sequence[int]) -> str:
         return "".join(chr(t) for t in token_ids)

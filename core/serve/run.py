@@ -14,6 +14,7 @@ import asyncio
 import dataclasses
 import inspect
 import itertools
+import json
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -23,11 +24,20 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from ttc.config import StoreConfig, instantiate_config
+from ttc.context import ModelRoute
 from ttc.cost import CostModel, check_measurable
 from ttc.errors import ConfigError, TtcError
 from ttc.interfaces import Backend, Strategy
 from ttc.registry import Registry, get_registry
-from ttc.runner import Components, Runner, build_components, hardware, versions
+from ttc.runner import (
+    Components,
+    Runner,
+    build_components,
+    build_model,
+    hardware,
+    start_model,
+    versions,
+)
 from ttc.scheduler import BatchStats, Scheduler
 from ttc.serve.allocation import RequestAllocators
 from ttc.serve.config import ServeConfig, serve_config
@@ -132,6 +142,10 @@ class ServingRun:
         self._heartbeat: Heartbeat | None = None
         self.planner: Planner | None = None
         self.startup_error: Exception | None = None
+        self._routes: dict[str, ModelRoute] = {}
+        """The strategies' further models (`Strategy.models`) started so far, by role and
+        config: shared by every request whose strategy names the same model."""
+        self._routes_lock: asyncio.Lock | None = None
         """Why `start` failed, when it did (the server then stops; see `create_app`)."""
 
     # -- life cycle ---------------------------------------------------------------------
@@ -160,12 +174,21 @@ class ServingRun:
         assert isinstance(plain, dict)
         config = mask_config({str(k): v for k, v in plain.items() if k != "resume"})
         await parts.backend.start()
-        if parts.reward is not None:
-            try:
+        self._routes_lock = asyncio.Lock()
+        try:
+            if parts.reward is not None:
                 await parts.reward.start()
-            except BaseException:
-                await parts.backend.close()
-                raise
+            # the server's own strategy's models start with it (a bad one fails here)
+            declared = parts.strategy.models()
+            for role, backend in parts.models.items():
+                route = await start_model(backend, cfg)
+                self._routes[_model_key(role, declared[role])] = route
+        except BaseException:
+            await self._close_models()
+            if parts.reward is not None:
+                await parts.reward.close()
+            await parts.backend.close()
+            raise
         run_id = store.create_run(
             config=config,
             strategy=parts.strategy.name,
@@ -213,6 +236,7 @@ class ServingRun:
             if self.writer is not None:
                 await self.writer.close()  # everything answered is committed first
             await parts.backend.close()
+            await self._close_models()
             if parts.reward is not None:
                 await parts.reward.close()
         finally:
@@ -223,6 +247,35 @@ class ServingRun:
             self._store.close()
             self._store = None
         return totals
+
+    def started_models(self) -> list[Backend]:
+        """The further models started so far (the server's strategy's, then those of
+        requests that chose another strategy), in the order they started."""
+        return [route.backend for route in self._routes.values()]
+
+    async def _close_models(self) -> None:
+        routes, self._routes = list(self._routes.values()), {}
+        for route in routes:
+            await route.backend.close()
+
+    async def _models_for(self, strategy: Strategy) -> dict[str, ModelRoute]:
+        """The routes of `strategy`'s further models, starting (once) those that no
+        earlier request started."""
+        declared = strategy.models()
+        out: dict[str, ModelRoute] = {}
+        for role, overrides in declared.items():
+            key = _model_key(role, overrides)
+            route = self._routes.get(key)
+            if route is None:
+                assert self._routes_lock is not None
+                async with self._routes_lock:
+                    route = self._routes.get(key)
+                    if route is None:
+                        backend = build_model(self.cfg, self.registry, role, overrides)
+                        route = await start_model(backend, self.cfg)
+                        self._routes[key] = route
+            out[role] = route
+        return out
 
     @property
     def batch_stats(self) -> BatchStats:
@@ -285,11 +338,15 @@ class ServingRun:
         parts, scheduler, run_id = self._parts, self._scheduler, self.run_id
         assert parts is not None and scheduler is not None and run_id
         reg = self.registry.get("strategy", plan.strategy)
-        strategy = _Chosen(reg.cls(plan.config))
+        raw = reg.cls(plan.config)
+        strategy = _Chosen(raw)
         allocator = self._allocators.for_request(
             plan.budget, strategy_named=plan.named, wrap=_Chosen
         )
-        request_parts = dataclasses.replace(parts, strategy=strategy, allocator=allocator)
+        routes = await self._models_for(raw)
+        request_parts = dataclasses.replace(
+            parts, strategy=strategy, allocator=allocator, routes=routes
+        )
         seed = int(self.cfg.run.seed) if plan.seed is None else plan.seed
         async with self._sem:
             result = await self.runner.solve_problem(
@@ -343,6 +400,10 @@ class ServingRun:
     async def flush(self) -> None:
         """Wait until every answered request is in the store (with `serve.write_behind`)."""
         await asyncio.gather(*list(self._writes), return_exceptions=True)
+
+
+def _model_key(role: str, overrides: dict[str, Any]) -> str:
+    return f"{role}:{json.dumps(overrides, sort_keys=True, default=str)}"
 
 
 def new_problem_id() -> str:
