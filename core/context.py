@@ -25,6 +25,7 @@ from typing import Any, cast
 
 from ttc.aggregation import aggregate, tally
 from ttc.budget import Budget, Ledger, Served, Unit
+from ttc.cancel import Abort
 from ttc.cost import CostModel
 from ttc.errors import BackendError, BudgetExceeded, ConfigError
 from ttc.interfaces import Allocator, Backend, Strategy, Task
@@ -39,6 +40,7 @@ from ttc.types import (
     Sampling,
     ScoreRequest,
     Solution,
+    token_confidence,
     top_k_entropy,
 )
 
@@ -164,46 +166,13 @@ class ProblemContext:
             node = self._tree.nodes.get(node.parent_id)
         return chain[::-1]
 
-    @property
-    def models(self) -> tuple[str, ...]:
-        """The models `generate` may run on: the policy and the strategy's own."""
-        return (POLICY, *self._models)
-
-    def _route(self, model: str) -> ModelRoute:
-        if model not in self._models:
-            raise ConfigError(
-                f"no model '{model}' to generate with; this run has: {', '.join(self.models)}",
-                key="strategy",
-                hint="a strategy that generates with a second model declares it in "
-                "Strategy.models (e.g. strategy.large_backend for cascade)",
-            )
-        return self._models[model]
-
-    async def _requests_on(
-        self, model: str, route: ModelRoute, branches: Sequence[Branch]
-    ) -> list[tuple[str, tuple[int, ...]]]:
-        """The prompts of `branches` for another model: its own rendering of the problem,
-        then the branch's text, tokenised by its own tokenizer."""
-
-        def build() -> list[tuple[str, tuple[int, ...]]]:
-            if model not in self._model_prompts:
-                self._model_prompts[model] = route.backend.render(self.problem)
-            head = self._model_prompts[model]
-            return [(head + b.text, tuple(route.backend.encode(head + b.text))) for b in branches]
-
-        if getattr(route.backend, "blocking_codec", False):
-            return await asyncio.to_thread(build)
-        return build()
-
-    def _piece_ids(self, text: str) -> tuple[int, ...]:
-        """`text` in the policy's token ids, without the BOS its encoding may add."""
-        backend = self._scheduler.backend
-        ids = list(backend.encode(text))
-        bos = list(backend.encode(""))
-        return tuple(ids[len(bos) :] if bos and ids[: len(bos)] == bos else ids)
-
     async def generate(
-        self, branches: Sequence[Branch], sampling: Sampling, *, model: str | None = None
+        self,
+        branches: Sequence[Branch],
+        sampling: Sampling,
+        *,
+        model: str | None = None,
+        abort: Abort | None = None,
     ) -> list[Branch]:
         """Continue every branch `sampling.n` times; return the children, grouped by parent
         in order. Raises `BudgetExceeded` (nothing spent) when the budget cannot cover even
@@ -216,8 +185,13 @@ class ProblemContext:
         branch's text after its own rendering of the problem (its tokens are re-encoded
         in the policy's vocabulary for the tree) and is charged at its own shape. With
         `model` given, each child records `extra["model"]`, `extra["model_tokens"]` (what
-        that model generated) and `extra["flops"]` (its share of the call's FLOPs)."""
-        return [child for child, _ in await self._generate(branches, sampling, model=model)]
+        that model generated) and `extra["flops"]` (its share of the call's FLOPs).
+
+        With `abort` (`ttc.cancel.Abort`), sequences it stops end early as
+        `finish_reason="cancelled"` children (not finished, not to be continued); only
+        the tokens they generated are charged."""
+        calls = await self._generate(branches, sampling, model=model, abort=abort)
+        return [child for child, _ in calls]
 
     def extend(self, branch: Branch, text: str) -> Branch:
         """A child of `branch` holding `text` that the strategy writes (an instruction, a
@@ -279,7 +253,12 @@ class ProblemContext:
         return probs
 
     async def _generate(
-        self, branches: Sequence[Branch], sampling: Sampling, *, model: str | None
+        self,
+        branches: Sequence[Branch],
+        sampling: Sampling,
+        *,
+        model: str | None,
+        abort: Abort | None = None,
     ) -> list[tuple[Branch, Generation]]:
         if not branches:
             return []
@@ -315,6 +294,7 @@ class ProblemContext:
                 sampling=sampling.replace(
                     seed=sampling.seed if sampling.seed is not None else self.rng.getrandbits(31)
                 ),
+                abort=abort,
             )
             for text, ids in prompts
         ]
@@ -338,7 +318,12 @@ class ProblemContext:
                 continue
             result, batch = out.result, max(batch, out.batch_size)
             usage = result.usage
-            lens = [len(g.token_ids) for g in result.generations]
+            # a sequence aborted before its first token was never sampled: no child, no
+            # sample charged (its prompt, if the backend prefilled it, still is)
+            gens = [g for g in result.generations if g.token_ids or g.finish_reason != "cancelled"]
+            lens = [len(g.token_ids) for g in gens]
+            if not gens and not usage.prompt_tokens and not usage.completion_tokens:
+                continue
             served.append(
                 Served(
                     prompt_len=plen,
@@ -349,9 +334,9 @@ class ProblemContext:
                     batch_size=out.batch_size,
                 )
             )
-            mine = [self._child(parent, g, recode=route is not None) for g in result.generations]
+            mine = [self._child(parent, g, recode=route is not None) for g in gens]
             produced.append(mine)
-            children.extend(zip(mine, result.generations, strict=True))
+            children.extend(zip(mine, gens, strict=True))
         charge = self._ledger.charge_generate(grant, served, cost=cost)
         if model is not None:
             for mine, flops in zip(produced, charge.request_flops, strict=True):
@@ -392,10 +377,11 @@ class ProblemContext:
             cum_logprob=parent.cum_logprob + (sum(g.logprobs) if g.logprobs else 0.0),
             token_logprobs=g.logprobs or (),
             token_entropies=tuple(top_k_entropy(alt) for alt in g.top_logprobs or ()),
+            token_confidences=tuple(token_confidence(alt) for alt in g.top_logprobs or ()),
             # the steps before carry their scores (so scoring is incremental); the new
             # step has none, so the child's `score` is None until it is scored
             step_scores=parent.step_scores,
-            finished=g.finish_reason != "stop",
+            finished=g.finish_reason not in ("stop", "cancelled"),
             finish_reason=g.finish_reason,
             new_tokens=len(g.token_ids),
         )

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from ttc.budget import Budget, Unit
+    from ttc.cancel import Abort
     from ttc.errors import BackendError
     from ttc.scheduler import Scheduler
 
@@ -56,13 +57,20 @@ class SolveContext(Protocol):
     """The problem's own random stream (seeded by the run's seed and the problem id)."""
 
     async def generate(
-        self, branches: Sequence[Branch], sampling: Sampling, *, model: str | None = None
+        self,
+        branches: Sequence[Branch],
+        sampling: Sampling,
+        *,
+        model: str | None = None,
+        abort: Abort | None = None,
     ) -> list[Branch]:
         """Continue each branch `sampling.n` times; the children, grouped by parent in
         order (a child is `finished` unless a stop string ended it). `max_tokens` may be
         lowered to what the budget allows. A request that fails is dropped (recorded).
         `model`: one of `models` (None: the run's policy); a second model continues the
-        branch's text and is charged at its own shape (see `Strategy.models`)."""
+        branch's text and is charged at its own shape (see `Strategy.models`).
+        `abort` (`ttc.cancel.Abort`) stops sequences mid-way: they come back with
+        `finish_reason="cancelled"` and only their generated tokens are charged."""
         ...
 
     @property

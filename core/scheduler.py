@@ -8,6 +8,10 @@ model is busy the next batch fills with the requests of every other problem.
 
 Backends that batch by themselves (`batches_itself`) get each request as it comes.
 
+A request whose `abort` (`ttc.cancel.Abort`) is set while it still waits in the queue is
+answered at once with cancelled, empty generations and no usage: it never reaches the
+backend. (Streaming backends stop requests already running themselves.)
+
 Reward models get their batches through `RewardModel.ascore_batch` (by default
 `score_batch` in a worker thread). A reward that `needs_backend` is given the scheduler
 as its `policy`: an LLM judge asks the policy model through `Scheduler.generate`, so
@@ -23,7 +27,14 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from ttc.interfaces import Backend, RewardModel
-from ttc.types import GenerateRequest, GenerateResult, ScoreRequest, ScoreResult
+from ttc.types import (
+    GenerateRequest,
+    GenerateResult,
+    Generation,
+    ScoreRequest,
+    ScoreResult,
+    Usage,
+)
 
 Req = TypeVar("Req")
 Res = TypeVar("Res")
@@ -68,8 +79,11 @@ class BatchQueue(Generic[Req, Res]):
         *,
         max_batch_size: int,
         max_wait_s: float,
+        drop: Callable[[Req], Res | None] | None = None,
     ) -> None:
         self._run_batch = run_batch
+        self._drop = drop
+        """The answer for a queued request that no longer needs running, or None."""
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
         self.stats = BatchStats()
@@ -102,9 +116,16 @@ class BatchQueue(Generic[Req, Res]):
                     break
             batch = self._queue[: self.max_batch_size]
             del self._queue[: self.max_batch_size]
-            batch = [p for p in batch if not p.future.cancelled()]
+            batch = [p for p in batch if not p.future.cancelled() and not self._dropped(p)]
             if batch:
                 await self._dispatch(batch)
+
+    def _dropped(self, p: _Pending[Req, Res]) -> bool:
+        answer = self._drop(p.request) if self._drop is not None else None
+        if answer is None:
+            return False
+        _settle(p.future, Batched(answer, 0, 0.0))
+        return True
 
     async def _dispatch(self, batch: list[_Pending[Req, Res]]) -> None:
         t0 = time.perf_counter()
@@ -136,6 +157,15 @@ def _in_thread(
     return run
 
 
+def _aborted(request: GenerateRequest) -> GenerateResult | None:
+    """Cancelled, empty generations for a request aborted before it ran (else None)."""
+    if request.abort is None or not request.abort.is_set():
+        return None
+    request.abort.stopped += request.sampling.n
+    empty = Generation(token_ids=(), text="", finish_reason="cancelled")
+    return GenerateResult(generations=(empty,) * request.sampling.n, usage=Usage())
+
+
 def _settle(future: asyncio.Future[Any], value: Any) -> None:
     if future.done():
         return
@@ -159,7 +189,10 @@ class Scheduler:
         self.backend = backend
         self.reward = reward
         self.generate_queue: BatchQueue[GenerateRequest, GenerateResult] = BatchQueue(
-            _in_thread(backend.generate_batch), max_batch_size=max_batch_size, max_wait_s=max_wait_s
+            _in_thread(backend.generate_batch),
+            max_batch_size=max_batch_size,
+            max_wait_s=max_wait_s,
+            drop=_aborted,
         )
         self.score_queue: BatchQueue[ScoreRequest, ScoreResult] | None = (
             BatchQueue(reward.ascore_batch, max_batch_size=max_batch_size, max_wait_s=max_wait_s)

@@ -8,11 +8,15 @@ for a backend, and the store persists the tree and every `CallRecord`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-FinishReason = Literal["stop", "eos", "length", "error"]
+if TYPE_CHECKING:
+    from ttc.cancel import Abort
+
+FinishReason = Literal["stop", "eos", "length", "error", "cancelled"]
 """Why a generation ended: a stop string matched (`stop`), the model emitted its end token
-(`eos`), `max_tokens` ran out (`length`), or the branch failed (`error`)."""
+(`eos`), `max_tokens` ran out (`length`), the branch failed (`error`), or it was stopped
+mid-way (`cancelled`: an `ttc.cancel.Abort`; neither finished nor continued)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +114,8 @@ class GenerateRequest:
     prompt: str
     prompt_token_ids: tuple[int, ...] | None
     sampling: Sampling
+    abort: Abort | None = field(default=None, compare=False)
+    """Stops the request's sequences mid-way (`ttc.cancel`); None: they run to their end."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +200,9 @@ class Branch:
     token_entropies: tuple[float, ...] = ()
     """Entropy (nats) of each new token's top-k distribution, when generations carried
     top-k logprobs (see `top_k_entropy`)."""
+    token_confidences: tuple[float, ...] = ()
+    """Confidence of each new token from its top-k alternatives (`token_confidence`),
+    when generations carried top-k logprobs."""
     step_scores: tuple[float, ...] = ()
     finished: bool = False
     finish_reason: FinishReason | None = None
@@ -300,3 +309,11 @@ def top_k_entropy(alternatives: tuple[tuple[int, float], ...]) -> float:
     probs = [math.exp(lp) for _, lp in alternatives]
     rest = max(1.0 - sum(probs), 0.0)
     return -sum(p * math.log(p) for p in (*probs, rest) if p > 0.0)
+
+
+def token_confidence(alternatives: tuple[tuple[int, float], ...]) -> float:
+    """DeepConf's token confidence: minus the mean logprob of a position's top-k
+    `(token, logprob)` alternatives (high where the model is sure; 0 without any)."""
+    if not alternatives:
+        return 0.0
+    return -sum(lp for _, lp in alternatives) / len(alternatives)

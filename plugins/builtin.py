@@ -34,6 +34,7 @@ def register_strategies(register: Callable[..., None]) -> None:
     from ttc.strategies.best_of_majority import BestOfMajority, BestOfMajorityConfig
     from ttc.strategies.best_of_n import BestOfN, BestOfNConfig
     from ttc.strategies.cascade import Cascade, CascadeConfig
+    from ttc.strategies.deepconf import DeepConf, DeepConfConfig
     from ttc.strategies.dvts import Dvts, DvtsConfig
     from ttc.strategies.particle_filter import ParticleFilter, ParticleFilterConfig
     from ttc.strategies.particle_gibbs import ParticleGibbs, ParticleGibbsConfig
@@ -55,6 +56,7 @@ def register_strategies(register: Callable[..., None]) -> None:
     register(Cascade, CascadeConfig)
     register(Revision, RevisionConfig)
     register(SolveDetectVerify, SolveDetectVerifyConfig)
+    register(DeepConf, DeepConfConfig)
 
 
 @ttc.hookimpl

@@ -14,6 +14,12 @@ answer is the model's most likely answer, and sampling stops once it reaches
 
 Easy problems (one dominant answer) stop after a round or two; ambiguous ones use the
 budget. The answer is the plurality of all samples drawn.
+
+With `cancel` (the default) samples are drawn one request each with `batch` of them in
+flight (`ttc.strategies.sample_stream`), the criterion is checked as each arrives (in
+draw order: the answer depends on the seeds, not on timing), and once it is met the
+samples still running are aborted: their generated tokens are charged, the rest never
+spent (`ttc.cancel`). `cancel=false` draws rounds of `batch` samples, one request each.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from ttc.config import bounded
 from ttc.interfaces import SolveContext, Strategy
 from ttc.strategies.best_of_n import sampling_for
 from ttc.strategies.common import SampleConfig, finish_all, solution, votes
+from ttc.strategies.sample_stream import SampleStream
 from ttc.types import Branch, Problem, Solution
 
 
@@ -36,11 +43,14 @@ class AdaptiveConsistencyConfig(SampleConfig):
     name: str = "adaptive_consistency"
     criterion: str = bounded("beta", choices=["beta", "dirichlet", "majority"])
     threshold: float = bounded(0.95, gt=0.0, lt=1.0, help="stop when P(leader wins) >= this")
-    batch: int = bounded(2, ge=1, help="samples per round")
+    batch: int = bounded(2, ge=1, help="samples per round (with cancel: samples in flight)")
     min_samples: int = bounded(2, ge=1, help="samples before the criterion is checked")
     max_samples: int = bounded(16, ge=1, help="samples at most")
     alpha: float = bounded(1.0, gt=0.0, help="Dirichlet prior concentration per answer")
     mc_draws: int = bounded(2000, ge=10, help="Monte Carlo draws of the Dirichlet criterion")
+    cancel: bool = True
+    """Keep `batch` samples in flight, check after each, abort the running ones once the
+    criterion is met (false: rounds of `batch`, each one request that runs to its end)."""
 
 
 def beta_exceeds_half(a: int, b: int) -> float:
@@ -94,6 +104,10 @@ class AdaptiveConsistency(Strategy):
         samples: list[Branch] = [b for b in ctx.leaves() if b.parent_id == ctx.root.id]
         samples = samples[: c.max_samples]
         history: list[float] = []
+        if c.cancel:
+            async for found in self._streamed(ctx, samples, history, mc_rng):
+                yield found
+            return
         stop = "max_samples"
         while True:
             if len(samples) >= c.min_samples:
@@ -113,6 +127,44 @@ class AdaptiveConsistency(Strategy):
             samples += drawn
             yield self._vote(ctx, samples, stop=None, history=history)
         yield self._vote(ctx, samples, stop=stop, history=history)
+
+    async def _streamed(
+        self,
+        ctx: SolveContext,
+        samples: list[Branch],
+        history: list[float],
+        mc_rng: random.Random,
+    ) -> AsyncIterator[Solution]:
+        c = self.config
+        stream = SampleStream(
+            ctx,
+            sampling_for(ctx, c, 1),
+            window=max(c.batch, c.min_samples - len(samples)),
+            total=c.max_samples - len(samples),
+        )
+        stop = "max_samples"
+        try:
+            while True:
+                if len(samples) >= c.min_samples:
+                    counts = [t.count for t in votes(ctx, samples)]
+                    p = confidence(counts, c.criterion, alpha=c.alpha, draws=c.mc_draws, rng=mc_rng)
+                    history.append(p)
+                    if p >= c.threshold:
+                        stop = "confident"
+                        break
+                if len(samples) >= c.max_samples:
+                    break
+                sample = await stream.next()
+                if sample is None:
+                    break
+                samples.append(sample)
+                yield self._vote(ctx, samples, stop=None, history=history)
+        finally:
+            await stream.close()  # aborts the samples still running
+        found = self._vote(ctx, samples, stop=stop, history=history)
+        found.trace["cancelled"] = len(stream.cancelled)
+        found.trace["cancelled_tokens"] = stream.cancelled_tokens
+        yield found
 
     @staticmethod
     def _vote(

@@ -75,6 +75,13 @@ class FakeServer:
         self.max_inflight = 0
         self.seen_prompts: list[str] = []
         self.judged = 0
+        self.stream_delay_s = 0.002
+        """Seconds between streamed chunks (one token each)."""
+        self.streams = 0
+        self.disconnects = 0
+        """Streams the client closed before their end (the server noticed on a write)."""
+        self.unsent_tokens = 0
+        """Tokens of disconnected streams that were never generated or sent."""
         self.plan = self.default_plan
         self.httpd = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         self.httpd.daemon_threads = True
@@ -214,7 +221,7 @@ class FakeServer:
                 "index": i,
                 "text": out,
                 "finish_reason": "length" if g.finish_reason == "length" else "stop",
-                "logprobs": {"token_logprobs": list(g.logprobs)} if g.logprobs else None,
+                "logprobs": self.logprobs_of(text, out, body) if g.logprobs else None,
             }
             if not self.openai_style:
                 choice["stop_reason"] = g.stop_reason
@@ -244,6 +251,75 @@ class FakeServer:
             },
         }
 
+    def chunks(
+        self, answer: dict[str, Any], body: dict[str, Any]
+    ) -> Iterator[tuple[dict[str, Any], int]]:
+        """The stream of a completion: `(chunk, tokens in it)`, one token per chunk, the
+        choices interleaved; logprobs with top-k alternatives whose confidence follows
+        whether the trace's answer is right, noisily (`confidence_of`)."""
+        choices = sorted(answer["choices"], key=lambda c: c["index"])
+        usage = dict(answer["usage"])
+        sent = 0
+        longest = max(len(c["text"]) for c in choices)
+        for pos in range(longest):
+            for c in choices:
+                text = c["text"]
+                if pos >= len(text):
+                    continue
+                last = pos == len(text) - 1
+                part: dict[str, Any] = {
+                    "index": c["index"],
+                    "text": text[pos],
+                    "finish_reason": c["finish_reason"] if last else None,
+                    "stop_reason": c.get("stop_reason") if last else None,
+                }
+                if "token_ids" in c:
+                    part["token_ids"] = [ord(text[pos])]
+                if c.get("logprobs"):
+                    rows = c["logprobs"].get("top_logprobs")
+                    part["logprobs"] = {
+                        "token_logprobs": [c["logprobs"]["token_logprobs"][pos]],
+                        "top_logprobs": [rows[pos]] if rows else None,
+                    }
+                sent += 1
+                chunk_usage = {**usage, "completion_tokens": sent}
+                yield {"id": "cmpl-s", "choices": [part], "usage": chunk_usage}, 1
+        yield {"id": "cmpl-s", "choices": [], "usage": usage}, 0
+
+    def logprobs_of(self, prompt: str, text: str, body: dict[str, Any]) -> dict[str, Any]:
+        """The `logprobs` of a choice: each token's, and its top-k alternatives when more
+        than one was asked for (`confidence_of`)."""
+        k = int(body.get("logprobs") or 1)
+        tops = [self.confidence_of(prompt, text, pos, k) for pos in range(len(text))]
+        as_ids = bool(body.get("return_tokens_as_token_ids"))
+        return {
+            "token_logprobs": [top[0][1] for top in tops],
+            "top_logprobs": (
+                [{(f"token_id:{t}" if as_ids else chr(t)): lp for t, lp in top} for top in tops]
+                if k > 1
+                else None
+            ),
+        }
+
+    @staticmethod
+    def confidence_of(prompt: str, text: str, pos: int, k: int) -> list[tuple[int, float]]:
+        """Top-k `(id, logprob)` at one position: sure (top token ~ -0.05) on traces
+        whose boxed answer is right, unsure (top ~ -1.2, a flat tail) on wrong ones; a
+        trace in five (hashed) is flipped, so confidence predicts correctness only
+        mostly, as in real models."""
+        wanted = re.search(r"answer=(-?\d+)", prompt)
+        stated = re.findall(r"\\boxed\{([^}]*)\}", text)
+        right = bool(wanted and stated and stated[-1] == wanted.group(1))
+        digest = hashlib.sha256(f"{prompt}|{text}".encode()).digest()
+        if digest[0] % 5 == 0:
+            right = not right
+        jitter = (digest[1 + pos % 30] / 255 - 0.5) * 0.2
+        head = (-0.05 if right else -1.2) + jitter / 4
+        tail = -4.0 if right else -1.6
+        return [(ord(text[pos]), head)] + [
+            (1000 + j, tail - 0.1 * j + jitter) for j in range(k - 1)
+        ]
+
     def tokenize(self, body: dict[str, Any]) -> dict[str, Any]:
         if "messages" in body:
             text = body["messages"][-1]["content"] + "\n" + PROMPT_END
@@ -271,6 +347,33 @@ class FakeServer:
                     self.wfile.write(data)
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up (a timeout we caused)
+
+            def _stream(self, answer: dict[str, Any], body: dict[str, Any]) -> None:
+                """Server-sent events, one token per chunk, choices interleaved, like
+                vLLM's stream with `continuous_usage_stats`; a closed connection stops
+                the generation (vLLM aborts the request)."""
+                chunks = list(server.chunks(answer, body))
+                # streams run at different speeds (queueing, lengths): 1x to 3x the delay
+                pace = server.stream_delay_s * (1 + len(json.dumps(body, sort_keys=True)) % 3)
+                with server.lock:
+                    server.streams += 1
+                sent = 0
+                try:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/event-stream")
+                    self.end_headers()
+                    for chunk, _ in chunks:
+                        self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                        self.wfile.flush()
+                        sent += 1
+                        if pace:
+                            time.sleep(pace)
+                    self.wfile.write(b"data: [DONE]\n\n")
+                    self.wfile.flush()
+                except (BrokenPipeError, ConnectionResetError):
+                    with server.lock:
+                        server.disconnects += 1
+                        server.unsent_tokens += sum(n for _, n in chunks[sent:])
 
             def do_GET(self) -> None:
                 server.auth.add(self.headers.get("Authorization"))
@@ -322,7 +425,10 @@ class FakeServer:
                         answer = server.completions(body)
                         with server.lock:
                             server.served += 1
-                        self._send(200, answer)
+                        if body.get("stream"):
+                            self._stream(answer, body)
+                        else:
+                            self._send(200, answer)
                 finally:
                     with server.lock:
                         server.inflight -= 1
@@ -383,9 +489,9 @@ def test_generations_usage_and_server_tokenizer(server: FakeServer) -> None:
         s = Sampling(n=3, max_tokens=200, stop=("\n\n",), seed=5, logprobs=True)
         first = await b.agenerate(GenerateRequest(prompt, tuple(ids), s))
         again = await b.agenerate(GenerateRequest(prompt, tuple(ids), s))
-        return first, again
+        return first, again, ids
 
-    first, again = _run(_with_backend(_config(server), go))
+    first, again, ids = _run(_with_backend(_config(server), go))
     assert len(first.generations) == 3
     for g in first.generations:
         assert g.finish_reason == "stop" and g.text.endswith("\n\n")
@@ -397,7 +503,8 @@ def test_generations_usage_and_server_tokenizer(server: FakeServer) -> None:
     body = server.bodies[0]
     assert body["n"] == 3 and body["seed"] == 5 and body["stop"] == ["\n\n"]
     assert body["include_stop_str_in_output"] is True and body["return_token_ids"] is True
-    assert isinstance(body["prompt"], str)  # text unless prompt_token_ids=true
+    # the tokenizer is known (the server's): ids, so the server never re-tokenises text
+    assert body["prompt"] == ids
     u1, u2 = first.usage, again.usage
     assert u1.prompt_tokens == len("Problem 1 answer=42\n" + PROMPT_END)
     assert u1.cached_prompt_tokens == 0
@@ -447,6 +554,9 @@ def test_token_id_prompts_when_configured(server: FakeServer) -> None:
     result = _run(_with_backend(_config(server, prompt_token_ids=True), go))
     assert isinstance(server.bodies[0]["prompt"], list)
     assert result.generations[0].text.startswith("Step 1")
+    # prompt_token_ids=false: text, whatever the tokenizer
+    _run(_with_backend(_config(server, prompt_token_ids=False), go))
+    assert server.bodies[-1]["prompt"] == "ignored text"
 
 
 def test_failures_are_retried_counted_and_logged(

@@ -17,6 +17,7 @@ from ttc.strategies.beam_search import BeamSearch, BeamSearchConfig
 from ttc.strategies.best_of_majority import BestOfMajority, BestOfMajorityConfig
 from ttc.strategies.best_of_n import BestOfN, BestOfNConfig
 from ttc.strategies.cascade import Cascade, CascadeConfig
+from ttc.strategies.deepconf import DeepConf, DeepConfConfig
 from ttc.strategies.dvts import Dvts, DvtsConfig
 from ttc.strategies.particle_filter import ParticleFilter, ParticleFilterConfig
 from ttc.strategies.particle_gibbs import ParticleGibbs, ParticleGibbsConfig
@@ -31,6 +32,10 @@ STRATEGIES: dict[str, Callable[[], Strategy]] = {
     "self_consistency": lambda: SelfConsistency(SelfConsistencyConfig(n=6)),
     "best_of_majority": lambda: BestOfMajority(BestOfMajorityConfig(n=6, k=2)),
     "adaptive_consistency": lambda: AdaptiveConsistency(AdaptiveConsistencyConfig()),
+    "adaptive_consistency_rounds": lambda: AdaptiveConsistency(
+        AdaptiveConsistencyConfig(cancel=False)
+    ),
+    "deepconf": lambda: DeepConf(DeepConfConfig(warmup=2, max_samples=6)),
     "beam_search": lambda: BeamSearch(BeamSearchConfig(beam_width=2, expansions=2)),
     "dvts": lambda: Dvts(DvtsConfig(n=4, width=2)),
     "particle_filter": lambda: ParticleFilter(ParticleFilterConfig(particles=4)),
@@ -115,7 +120,12 @@ def sim_plugin(monkeypatch: pytest.MonkeyPatch) -> None:
 
 # (cascade runs through the runner with its second model in test_cascade.py)
 @pytest.mark.parametrize(
-    "name", sorted(n for n in STRATEGIES if n not in ("best_of_n_stepwise", "cascade"))
+    "name",
+    sorted(
+        n
+        for n in STRATEGIES
+        if n not in ("best_of_n_stepwise", "cascade", "adaptive_consistency_rounds")
+    ),
 )
 def test_runs_through_the_runner_and_stores_its_tree(
     name: str, sim_plugin: None, tmp_path: Path
