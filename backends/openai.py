@@ -921,7 +921,7 @@ class _StreamState:
             if all(c.counted or not c.text for c in self.choices):
                 received = sum(c.progress.tokens for c in self.choices)
                 usage["completion_tokens"] = max(received, reported)
-            else:
+            elif not reported:  # neither ids nor a running count: re-encode the text
                 usage.pop("completion_tokens", None)
         return {"choices": choices, "usage": usage}
 

@@ -86,9 +86,8 @@ def _resume(run_id: str | None, store_url: str) -> object:
 def test_a_dead_server_is_one_line_on_the_command_line(tmp_path: Path) -> None:
     store_url = f"sqlite:///{tmp_path / 'ttc.db'}"
     port = _dead_port()
-    result = CliRunner().invoke(
-        app, ["run", *_dead_overrides(port, store_url)], env={"COLUMNS": "300"}
-    )
+    args = ["run", *_dead_overrides(port, store_url), "task.n_problems=4"]
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "300"})
     assert result.exit_code != 0
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert "Traceback" not in result.output
@@ -105,12 +104,9 @@ def test_a_dead_server_at_start_fails_on_the_first_refusal(store_url: str) -> No
 
 
 def test_seed_false_sends_no_seed(store_url: str) -> None:
+    """(With the default, every body carries its seed: test_openai.py checks it.)"""
     with FakeServer() as srv:
         srv.plan = lambda body: []
         cfg = compose(_overrides(srv, store_url, "backend.seed=false", "task.n_problems=2"))
         assert Runner(cfg).run().status == "finished"
         assert srv.bodies and all("seed" not in b for b in srv.bodies)
-        cfg = compose(_overrides(srv, store_url, "task.n_problems=2"))
-        before = len(srv.bodies)
-        assert Runner(cfg).run().status == "finished"
-        assert all("seed" in b for b in srv.bodies[before:])

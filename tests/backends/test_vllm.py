@@ -121,6 +121,38 @@ def test_stop_strings_are_kept_and_logprobs_match_tokens(loop: Any, backend: Any
     assert any(g.finish_reason == "stop" for g in r.generations)
 
 
+def test_an_aborted_sequence_stops_in_the_engine_and_keeps_its_tokens(
+    loop: Any, backend: Any
+) -> None:
+    from ttc.cancel import Abort
+    from ttc.types import GenerateRequest, Sampling
+
+    prompt, ids = _prompt(backend, "Write a long story about a lighthouse keeper.")
+    engine = backend.engine
+    watch = Abort(watch=lambda p: p.tokens >= 6)
+    s = Sampling(n=2, temperature=1.0, max_tokens=400, seed=3, logprobs=True)
+    out = loop.run_until_complete(backend.agenerate(GenerateRequest(prompt, ids, s, abort=watch)))
+    assert engine.output_processor.get_num_unfinished_requests() == 0  # aborted, not running
+    for g in out.generations:
+        assert g.finish_reason == "cancelled" and len(g.token_ids) == 6
+        assert g.logprobs is not None and len(g.logprobs) == 6
+    assert out.usage.completion_tokens == 12 and watch.stopped == 2
+
+    stop = Abort()
+
+    async def set_soon() -> Any:
+        call = asyncio.ensure_future(backend.agenerate(GenerateRequest(prompt, ids, s, abort=stop)))
+        await asyncio.sleep(1.0)
+        stop.set()
+        return await call
+
+    out = loop.run_until_complete(set_soon())
+    assert engine.output_processor.get_num_unfinished_requests() == 0
+    lens = [len(g.token_ids) for g in out.generations]
+    assert all(g.finish_reason in ("cancelled", "eos") for g in out.generations)
+    assert out.usage.completion_tokens == sum(lens) and sum(lens) < 800
+
+
 def test_greedy_matches_the_transformers_backend(loop: Any, backend: Any) -> None:
     from ttc.backends.hf import HFBackend, HFBackendConfig
     from ttc.types import GenerateRequest, Sampling
@@ -247,6 +279,36 @@ def test_openai_backend_against_vllm(server: VLLMServer) -> None:
     assert b.usage.cached_prompt_tokens > 0  # prompt_tokens_details.cached_tokens
     assert cont.usage.cached_prompt_tokens > 0
     assert stats["failures"] == {}
+
+
+def test_a_stopped_stream_through_the_openai_backend_is_charged_what_it_generated(
+    server: VLLMServer,
+) -> None:
+    from ttc.backends.openai import OpenAIBackend, OpenAIBackendConfig
+    from ttc.cancel import Abort
+    from ttc.types import GenerateRequest, Problem, Sampling
+
+    async def go() -> Any:
+        b = OpenAIBackend(OpenAIBackendConfig(base_url=server.base_url, tokenizer=MODEL))
+        await b.start()
+        try:
+            prompt = b.render(Problem(id="p", prompt="Write a long story about a lighthouse."))
+            ids = tuple(b.encode(prompt))
+            s = Sampling(max_tokens=400, temperature=1.0, seed=5, logprobs=True, top_logprobs=3)
+            abort = Abort(watch=lambda p: p.tokens >= 5)
+            stopped = await b.agenerate(GenerateRequest(prompt, ids, s, abort=abort))
+            whole = await b.agenerate(GenerateRequest(prompt, ids, s.replace(max_tokens=5)))
+            return stopped, whole
+        finally:
+            await b.close()
+
+    stopped, whole = asyncio.run(go())
+    (g,) = stopped.generations
+    assert g.finish_reason == "cancelled" and len(g.token_ids) == 5
+    assert g.top_logprobs is not None and len(g.top_logprobs) == 5
+    assert stopped.usage.completion_tokens == 5 and stopped.usage.prompt_tokens > 0
+    # the same seed, run to 5 tokens without streaming: the same tokens
+    assert whole.generations[0].token_ids == g.token_ids
 
 
 def test_a_run_through_the_openai_backend(server: VLLMServer, store_url: str) -> None:
