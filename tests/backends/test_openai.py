@@ -407,6 +407,17 @@ class FakeServer:
                     server.bodies.append(body)
                     server.inflight += 1
                     server.max_inflight = max(server.max_inflight, server.inflight)
+                released = False
+
+                def release() -> None:
+                    # before the answer's last bytes go out: once the client has them it
+                    # may send its next request, which must not count this one as open
+                    nonlocal released
+                    if not released:
+                        released = True
+                        with server.lock:
+                            server.inflight -= 1
+
                 try:
                     plan = server.plan(body)
                     failure = plan[attempt] if attempt < len(plan) else None
@@ -414,8 +425,10 @@ class FakeServer:
                         with server.lock:
                             server.injected[failure] += 1
                     if failure == "429":
+                        release()
                         self._send(429, {"error": "rate limited"}, **{"Retry-After": "0"})
                     elif failure == "500":
+                        release()
                         self._send(500, {"error": "internal error"})
                     else:
                         if failure == "timeout":
@@ -428,10 +441,10 @@ class FakeServer:
                         if body.get("stream"):
                             self._stream(answer, body)
                         else:
+                            release()
                             self._send(200, answer)
                 finally:
-                    with server.lock:
-                        server.inflight -= 1
+                    release()
 
         return Handler
 
