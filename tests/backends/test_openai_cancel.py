@@ -51,7 +51,7 @@ def test_a_watch_stops_the_sequence_and_the_server_sees_the_disconnect(
     async def go(b: OpenAIBackend) -> Any:
         return await b.agenerate(_request(abort))
 
-    result = _run(_with_backend(_config(server), go))
+    result = _run(_with_backend(_config(server, timeout_s=10.0), go))
     (g,) = result.generations
     assert g.finish_reason == "cancelled" and len(g.token_ids) == 5 and len(g.text) == 5
     assert result.usage.completion_tokens == 5  # what was received, not the whole trace
@@ -77,7 +77,7 @@ def test_setting_the_abort_stops_every_sequence_of_a_running_call(server: FakeSe
         abort.set()
         return await call
 
-    result = _run(_with_backend(_config(server), go))
+    result = _run(_with_backend(_config(server, timeout_s=10.0), go))
     assert [g.finish_reason for g in result.generations] == ["cancelled"] * 3
     received = sum(len(g.token_ids) for g in result.generations)
     assert 0 < received < 3 * 30
@@ -94,7 +94,7 @@ def test_an_abort_set_before_the_call_sends_nothing_and_charges_nothing(
     async def go(b: OpenAIBackend) -> Any:
         return await b.agenerate(_request(abort, n=2))
 
-    result = _run(_with_backend(_config(server), go))
+    result = _run(_with_backend(_config(server, timeout_s=10.0), go))
     assert [g.finish_reason for g in result.generations] == ["cancelled"] * 2
     assert result.usage.prompt_tokens == 0 and result.usage.completion_tokens == 0
     assert server.streams == 0
@@ -107,10 +107,18 @@ def test_a_stream_that_is_not_stopped_equals_the_plain_call(server: FakeServer) 
         return plain, streamed
 
     server.stream_delay_s = 0.0
-    plain, streamed = _run(_with_backend(_config(server), go))
+    plain, streamed = _run(_with_backend(_config(server, timeout_s=10.0), go))
     assert streamed.generations == plain.generations
     assert streamed.usage.completion_tokens == plain.usage.completion_tokens
     assert streamed.usage.prompt_tokens == plain.usage.prompt_tokens
+
+
+def _run_overrides(server: FakeServer, store_url: str, *extra: str) -> list[str]:
+    """`_overrides` with a read timeout that a loaded machine's stalls stay under (the
+    streams here pause between tokens; a stream that fails after its first token is not
+    retried)."""
+    base = [o for o in _overrides(server, store_url) if not o.startswith("backend.timeout_s")]
+    return [*base, "backend.timeout_s=10", *extra]
 
 
 def _spent_tokens_match_the_tree(store: Store, run_id: str) -> int:
@@ -132,7 +140,7 @@ def test_adaptive_consistency_aborts_the_samples_it_no_longer_needs(
 ) -> None:
     server.stream_delay_s = 0.004
     cfg = compose(
-        _overrides(
+        _run_overrides(
             server,
             store_url,
             "strategy=adaptive_consistency",
@@ -161,7 +169,7 @@ def test_deepconf_stops_unsure_traces_mid_generation(server: FakeServer, store_u
     they had are charged, and the confidence-weighted vote beats a random sample."""
     server.stream_delay_s = 0.002
     cfg = compose(
-        _overrides(
+        _run_overrides(
             server,
             store_url,
             "strategy=deepconf",
