@@ -166,6 +166,44 @@ class ProblemContext:
             node = self._tree.nodes.get(node.parent_id)
         return chain[::-1]
 
+    @property
+    def models(self) -> tuple[str, ...]:
+        """The models `generate` may run on: the policy and the strategy's own."""
+        return (POLICY, *self._models)
+
+    def _route(self, model: str) -> ModelRoute:
+        if model not in self._models:
+            raise ConfigError(
+                f"no model '{model}' to generate with; this run has: {', '.join(self.models)}",
+                key="strategy",
+                hint="a strategy that generates with a second model declares it in "
+                "Strategy.models (e.g. strategy.large_backend for cascade)",
+            )
+        return self._models[model]
+
+    async def _requests_on(
+        self, model: str, route: ModelRoute, branches: Sequence[Branch]
+    ) -> list[tuple[str, tuple[int, ...]]]:
+        """The prompts of `branches` for another model: its own rendering of the problem,
+        then the branch's text, tokenised by its own tokenizer."""
+
+        def build() -> list[tuple[str, tuple[int, ...]]]:
+            if model not in self._model_prompts:
+                self._model_prompts[model] = route.backend.render(self.problem)
+            head = self._model_prompts[model]
+            return [(head + b.text, tuple(route.backend.encode(head + b.text))) for b in branches]
+
+        if getattr(route.backend, "blocking_codec", False):
+            return await asyncio.to_thread(build)
+        return build()
+
+    def _piece_ids(self, text: str) -> tuple[int, ...]:
+        """`text` in the policy's token ids, without the BOS its encoding may add."""
+        backend = self._scheduler.backend
+        ids = list(backend.encode(text))
+        bos = list(backend.encode(""))
+        return tuple(ids[len(bos) :] if bos and ids[: len(bos)] == bos else ids)
+
     async def generate(
         self,
         branches: Sequence[Branch],
