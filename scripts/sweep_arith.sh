@@ -68,10 +68,14 @@ newer() { # $1: samples' worth: REBASE, revision chains, Solve-Detect-Verify, th
     "strategy.max_steps=$MAX_STEPS" "${STEPS[@]}" "budget.tokens=$budget" "${COMMON[@]}"
 }
 
-cascade() { # $1: thresholds (comma-separated); gemma3-270m above smollm2-135m, 2 samples
-  ttc run -m strategy=cascade "strategy.threshold=$1" strategy.n=2 \
-    strategy.large_model=gemma3-270m strategy.chunk_tokens=8 strategy.large_tokens=8 \
-    "${SAMPLE[@]}" "budget.tokens=$((2 * SAMPLE_TOKENS))" "${COMMON[@]}"
+cascade() { # $1: samples' worth; gemma3-270m above smollm2-135m at THRESHOLDS (nats of
+  # the rolling top-20 entropy: SmolLM2's peaks here are about 2 nats; above ln 21 = 3.04
+  # the small model runs alone). gemma3-270m is a base model: two worked examples, and its
+  # answer ends where it would start a question of its own.
+  ttc run -m strategy=cascade "strategy.threshold=${THRESHOLDS:-1.5,2.2,3.1}" \
+    "strategy.n=$(($1 > 1 ? $1 / 2 : 1))" strategy.large_model=gemma3-270m \
+    strategy.chunk_tokens=8 strategy.large_tokens=8 'strategy.stop=["Question:"]' \
+    task.few_shot=2 "${SAMPLE[@]}" "budget.tokens=$(($1 * SAMPLE_TOKENS))" "${COMMON[@]}"
 }
 
 report() {
@@ -92,9 +96,9 @@ case "${1:-all}" in
   b1) sampling 1 && particles 1 ;;
   b8) sampling 8 && particles 8 ;;
   new) newer 2 && newer 4 ;;
-  cascade) cascade "${THRESHOLDS:-0.1,0.3,1.0}" ;;
+  cascade) cascade 2 && cascade 4 ;;
   report) report ;;
   all) sampling 4 && particles 4 && steps4 && sampling 2 && particles 2 && sampling 1 \
-    && particles 1 && report ;;
+    && particles 1 && newer 2 && newer 4 && cascade 2 && cascade 4 && report ;;
   *) echo "unknown stage '$1'; use all, b4, b4-steps, b2, b1, b8, new, cascade or report" >&2 && exit 2 ;;
 esac
