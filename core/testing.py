@@ -32,6 +32,7 @@ from ttc.conformance import RewardConformance as RewardConformance
 from ttc.context import ModelRoute, ProblemContext, solve_problem
 from ttc.cost import CostModel
 from ttc.interfaces import Allocator, Backend, RewardModel, Strategy, Task
+from ttc.progress import tokens_generated
 from ttc.scheduler import Scheduler
 from ttc.types import (
     GenerateRequest,
@@ -186,8 +187,15 @@ class ScriptedBackend(Backend):
         if self.config.delay_s:
             time.sleep(self.config.delay_s)
         results = [self._generate(r) for r in requests]
-        if self.config.token_delay_s:
-            time.sleep(self.config.token_delay_s * sum(r.usage.completion_tokens for r in results))
+        tokens = sum(r.usage.completion_tokens for r in results)
+        # like a decode loop: tokens are reported (the progress line) as they are made
+        slices = 8 if self.config.token_delay_s and tokens >= 8 else 1
+        for k in range(slices):
+            part = tokens * (k + 1) // slices - tokens * k // slices
+            if self.config.token_delay_s:
+                time.sleep(self.config.token_delay_s * part)
+            if part:
+                tokens_generated(part)
         return results
 
 

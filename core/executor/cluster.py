@@ -31,7 +31,7 @@ from sqlalchemy.engine import make_url
 from ttc.errors import ConfigError, ExecutorError, TtcError
 from ttc.executor.routing import chunks
 from ttc.executor.worker import FORWARDED_ENV, Event, ProblemWorker
-from ttc.progress import verbose
+from ttc.progress import tokens_generated, verbose
 from ttc.types import Problem
 
 if TYPE_CHECKING:
@@ -214,6 +214,8 @@ class RayExecutor:
                 if runner.remaining is not None:
                     runner.remaining -= 1
                 hook.on_problem_done(run_id=run_id, result=value)
+            elif kind == "tokens":  # the actors' decoding moves the progress line
+                tokens_generated(int(value))
             elif kind == "written":
                 written += int(value)
 

@@ -17,6 +17,7 @@ import asyncio
 import dataclasses
 import os
 import sys
+import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -24,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import ttc
 from ttc.config import RootConfig, instantiate_config, validate
+from ttc.progress import add_token_listener, remove_token_listener
 from ttc.types import CallRecord, Problem, ProblemResult
 
 FORWARDED_ENV = (
@@ -39,7 +41,11 @@ FORWARDED_ENV = (
 
 Event = tuple[str, Any]
 """What a worker streams back: ("call", (problem id, CallRecord)), ("done", ProblemResult
-without its tree: the tree is in the store), ("written", problems newly stored)."""
+without its tree: the tree is in the store), ("tokens", tokens its backends generated
+since the last report: the driver's progress line), ("written", problems newly stored)."""
+
+TOKENS_EVERY_S = 0.25
+"""How often a chunk that has no other event to send reports the tokens generated."""
 
 _DONE = ("end", None)
 
@@ -114,6 +120,9 @@ class ProblemWorker:
         self.registry = get_registry()
         self.forward = _Forward(asyncio.get_running_loop())
         self.registry.pm.register(self.forward, name="ttc.executor.forward")
+        self._tokens = 0
+        self._tokens_lock = threading.Lock()
+        add_token_listener(self._count_tokens)
         self.parts = build_components(self.cfg, self.registry)
         self.scheduler = await start_components(self.cfg, self.parts, [])
         # the driver migrated the store; a worker only writes
@@ -123,6 +132,16 @@ class ProblemWorker:
         import ray
 
         return {"pid": os.getpid(), "node": ray.get_runtime_context().get_node_id()}
+
+    def _count_tokens(self, n: int) -> None:  # from a backend's thread
+        with self._tokens_lock:
+            self._tokens += n
+
+    def _take_tokens(self) -> list[Event]:
+        """The tokens generated since the last report, as an event (none if none)."""
+        with self._tokens_lock:
+            n, self._tokens = self._tokens, 0
+        return [("tokens", n)] if n else []
 
     def _allocator(self) -> Any:
         """A fresh allocator for a chunk: budgets that allocators share between problems
@@ -158,11 +177,17 @@ class ProblemWorker:
         task.add_done_callback(lambda _: queue.put_nowait(_DONE))
         try:
             while True:
-                events = [await queue.get()]
+                try:
+                    events = [await asyncio.wait_for(queue.get(), TOKENS_EVERY_S)]
+                except TimeoutError:  # nothing finished meanwhile: the tokens so far
+                    if tokens := self._take_tokens():
+                        yield tokens
+                    continue
                 while not queue.empty():
                     events.append(queue.get_nowait())
                 ended = _DONE in events
-                events = [e for e in events if e is not _DONE]
+                # the tokens first: a problem's own tokens reach the driver before it is done
+                events = self._take_tokens() + [e for e in events if e is not _DONE]
                 if events:
                     yield events
                 if ended:
@@ -174,6 +199,7 @@ class ProblemWorker:
             task.cancel()
 
     async def close(self) -> None:
+        remove_token_listener(self._count_tokens)
         await self.parts.backend.close()
         for extra in self.parts.models.values():  # a strategy's further models
             await extra.close()

@@ -84,6 +84,34 @@ def test_the_driver_sees_every_call_and_problem_of_the_workers(store_url: str) -
     assert seen.calls == len(calls) > 0
 
 
+@pytest.mark.parametrize("executor", ["local", "ray"])
+def test_the_driver_sees_the_tokens_the_workers_generate(store_url: str, executor: str) -> None:
+    """The progress line moves with the actors' decoding (per batch slice), not only when
+    a call ends: every generated token reaches the driver's listeners, before its
+    problem is reported done."""
+    from ttc.progress import add_token_listener, remove_token_listener
+    from ttc.registry import get_registry
+    from ttc.store import Store
+
+    registry = get_registry()
+    seen = Seen()
+    registry.pm.register(seen)
+    heard: list[tuple[int, int]] = []  # (tokens, problems done when they arrived)
+    listener = lambda n: heard.append((n, len(seen.done)))  # noqa: E731
+    add_token_listener(listener)
+    try:
+        overrides = [f"store.url={store_url}", "task.n_problems=6", "backend.token_delay_s=0.001"]
+        base = RAY_DOUBLES if executor == "ray" else [*RAY_DOUBLES, "run.executor=local"]
+        out = Runner(compose([*base, *overrides]), registry=registry).run()
+    finally:
+        remove_token_listener(listener)
+    calls = Store(store_url).calls(out.run_id)
+    generated = sum(c["completion_tokens"] for c in calls if c["kind"] == "generate")
+    assert sum(n for n, _ in heard) == generated > 0
+    assert len(heard) > 1  # the line moved during the run, not once at its end
+    assert heard[0][1] == 0  # tokens came while the first problem was still running
+
+
 def test_a_killed_actor_loses_only_its_unfinished_problems(store_url: str) -> None:
     n = 16
     job = ["strategy=beam_search", f"task.n_problems={n}", "backend.delay_s=0.05"]
