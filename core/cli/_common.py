@@ -65,6 +65,17 @@ def _click() -> Any:
         return click
 
 
+VERBOSE_FLAGS = ("--verbose", "-v")
+
+
+def take_verbose(args: list[str]) -> list[str]:
+    """`args` of a command that passes its arguments on (as Hydra overrides) without
+    `--verbose`/`-v`, which then act as `ttc --verbose` does wherever they stand."""
+    if any(a in VERBOSE_FLAGS for a in args):
+        set_verbose(True)
+    return [a for a in args if a not in VERBOSE_FLAGS]
+
+
 def set_verbose(on: bool) -> None:
     """`ttc --verbose`: ttc's own detail (retries, probes) and the libraries' bars and
     warnings; without it only ttc's progress, tables and errors are printed."""

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from ttc.cli._common import console, errors_to_exit, totals_table
+from ttc.cli._common import console, errors_to_exit, take_verbose, totals_table
 from ttc.errors import ProblemsFailed, RunInterrupted
 
 if TYPE_CHECKING:
@@ -67,7 +67,7 @@ def run(ctx: typer.Context) -> None:
     signal.signal(signal.SIGTERM, _interrupt)
     with errors_to_exit():
         try:
-            launch(ctx.args, _job)
+            launch(take_verbose(ctx.args), _job)
         except KeyboardInterrupt:  # before any job started: no run exists
             raise RunInterrupted(None) from None
 

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from ttc.cli._common import console, errors_to_exit
+from ttc.cli._common import console, errors_to_exit, take_verbose
 from ttc.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -25,12 +25,13 @@ def serve(ctx: typer.Context) -> None:
         console.print(f"serving run {run.run_id} at {url} (Ctrl-C stops)", highlight=False)
 
     with errors_to_exit():
-        if any(a.startswith("-") for a in ctx.args):
+        args = take_verbose(ctx.args)
+        if any(a.startswith("-") for a in args):
             raise ConfigError(
-                f"ttc serve takes overrides only, not {next(a for a in ctx.args if a[0] == '-')}",
+                f"ttc serve takes overrides only, not {next(a for a in args if a[0] == '-')}",
                 hint="e.g. `ttc serve backend=hf serve.port=8000`",
             )
-        run = serve_forever(compose_serve(ctx.args), on_ready=ready)
+        run = serve_forever(compose_serve(args), on_ready=ready)
         if run.run_id is not None:
             console.print(
                 f"stopped: run {run.run_id}, {run.answered} requests answered", highlight=False
