@@ -41,10 +41,6 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-# Run as a script, this folder comes first on sys.path, and its kernels.py would shadow
-# the `kernels` package that transformers probes for when it loads a tokenizer.
-if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    sys.path.pop(0)
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "backends"))
 
 STRATEGIES = ("best_of_n", "beam_search", "dvts", "particle_filter", "a_star")

@@ -14,15 +14,9 @@ prints accuracy, generated tokens and reward calls per problem.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
-
-# Run as a script, this folder comes first on sys.path, and its kernels.py would shadow
-# the `kernels` package that transformers probes for when it loads a model.
-if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    sys.path.pop(0)
 
 from rich.console import Console
 from rich.table import Table

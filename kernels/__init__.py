@@ -7,5 +7,5 @@ or either on request (`impl="reference"` / `impl="triton"`; the Triton path runs
 under `TRITON_INTERPRET=1`, which must be set before these modules are imported).
 
 Only torch and triton are imported here and in the op modules (relative imports between
-them), so the folder also imports standalone as `kernels` (benchmarks/kernels.py does).
+them), so the folder also imports standalone as `kernels` (benchmarks/kernel_speed.py does).
 """

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU checks in one go (under 8 minutes): the kernels' `gpu` tests, then
-# benchmarks/kernels.py. Needs only torch and triton on a CUDA machine; ttc need not be
+# benchmarks/kernel_speed.py. Needs only torch and triton on a CUDA machine; ttc need not be
 # installed (the tests then import the kernels folder standalone, see tests/kernels/_device.py).
 # Usage: bash scripts/gpu_check.sh            (PYTHON=... to pick the interpreter)
 set -uo pipefail
@@ -17,6 +17,6 @@ rc=0
 timeout 180 "$py" -m pytest -c pyproject.toml --confcutdir tests/kernels -p no:cacheprovider \
   -m gpu -q tests/kernels || rc=$?
 echo "gpu tests: exit $rc after $(( $(date +%s) - start )) s"
-timeout 270 "$py" benchmarks/kernels.py --reps 3 || rc=$?
+timeout 270 "$py" benchmarks/kernel_speed.py --reps 3 || rc=$?
 echo "gpu_check done after $(( $(date +%s) - start )) s (exit $rc)"
 exit "$rc"

@@ -50,7 +50,7 @@ def test_triton_on_cpu_without_the_interpreter_says_what_to_set() -> None:
 
 
 def test_the_kernels_folder_imports_without_ttc() -> None:
-    """benchmarks/kernels.py runs on machines with only torch and triton."""
+    """benchmarks/kernel_speed.py runs on machines with only torch and triton."""
     code = (
         "import sys\n"
         f"sys.path.insert(0, {str(ROOT)!r})\n"

@@ -4,9 +4,9 @@ shared-prefix attention against ordinary attention over duplicated prefixes.
 Needs only torch and triton (the kernels folder is imported standalone, not through
 ttc), so it runs as is on a GPU machine with nothing of ours installed:
 
-    python benchmarks/kernels.py                    # all cases, on CUDA
-    python benchmarks/kernels.py --only attention   # attention, sampling, stats, resampling
-    TRITON_INTERPRET=1 python benchmarks/kernels.py --smoke   # tiny sizes, any machine
+    python benchmarks/kernel_speed.py                    # all cases, on CUDA
+    python benchmarks/kernel_speed.py --only attention   # attention, sampling, stats, resampling
+    TRITON_INTERPRET=1 python benchmarks/kernel_speed.py --smoke   # tiny sizes, any machine
 
 Attention: 32 query heads over 8 KV heads of dim 128 in bf16, N rows sharing a prefix
 of P tokens, each with its own suffix of 128 to 1024 tokens. The baseline is what a
@@ -197,7 +197,7 @@ def main() -> None:
     cuda = torch.cuda.is_available()
     if not cuda and os.environ.get("TRITON_INTERPRET") != "1":
         raise SystemExit(
-            "benchmarks/kernels.py needs a CUDA device (or TRITON_INTERPRET=1 --smoke)"
+            "benchmarks/kernel_speed.py needs a CUDA device (or TRITON_INTERPRET=1 --smoke)"
         )
     if not cuda and not args.smoke:
         raise SystemExit("without a CUDA device only --smoke sizes run (the interpreter is slow)")
