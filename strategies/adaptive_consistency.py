@@ -110,13 +110,9 @@ class AdaptiveConsistency(Strategy):
             return
         stop = "max_samples"
         while True:
-            if len(samples) >= c.min_samples:
-                counts = [t.count for t in votes(ctx, samples)]
-                p = confidence(counts, c.criterion, alpha=c.alpha, draws=c.mc_draws, rng=mc_rng)
-                history.append(p)
-                if p >= c.threshold:
-                    stop = "confident"
-                    break
+            if self._confident(ctx, samples, history, mc_rng):
+                stop = "confident"
+                break
             if len(samples) >= c.max_samples:
                 break
             want = min(c.batch, c.max_samples - len(samples))
@@ -127,6 +123,19 @@ class AdaptiveConsistency(Strategy):
             samples += drawn
             yield self._vote(ctx, samples, stop=None, history=history)
         yield self._vote(ctx, samples, stop=stop, history=history)
+
+    def _confident(
+        self, ctx: SolveContext, samples: list[Branch], history: list[float], rng: random.Random
+    ) -> bool:
+        """Whether the vote is decided (once `min_samples` are in); records the
+        confidence in `history`."""
+        c = self.config
+        if len(samples) < c.min_samples:
+            return False
+        counts = [t.count for t in votes(ctx, samples)]
+        p = confidence(counts, c.criterion, alpha=c.alpha, draws=c.mc_draws, rng=rng)
+        history.append(p)
+        return p >= c.threshold
 
     async def _streamed(
         self,
@@ -145,13 +154,9 @@ class AdaptiveConsistency(Strategy):
         stop = "max_samples"
         try:
             while True:
-                if len(samples) >= c.min_samples:
-                    counts = [t.count for t in votes(ctx, samples)]
-                    p = confidence(counts, c.criterion, alpha=c.alpha, draws=c.mc_draws, rng=mc_rng)
-                    history.append(p)
-                    if p >= c.threshold:
-                        stop = "confident"
-                        break
+                if self._confident(ctx, samples, history, mc_rng):
+                    stop = "confident"
+                    break
                 if len(samples) >= c.max_samples:
                     break
                 sample = await stream.next()
