@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import json
 import logging
 import os
@@ -63,7 +62,7 @@ from ttc.backends._text import (
     problem_messages,
     realign,
 )
-from ttc.cancel import Abort, SequenceProgress
+from ttc.cancel import Abort, SequenceProgress, until_aborted
 from ttc.config import BackendConfig, bounded
 from ttc.errors import BackendError, ConfigError, ServerUnreachable
 from ttc.interfaces import Backend
@@ -645,7 +644,7 @@ class OpenAIBackend(CodecBackend, Backend):
             self.stats.attempts += 1
             try:
                 async with self._sem:
-                    await _until_aborted(self._read_stream(body, state, abort), abort)
+                    await until_aborted(self._read_stream(body, state, abort), abort)
                 return state.answer(abort)
             except _Failure as exc:
                 failure = exc
@@ -807,23 +806,6 @@ class OpenAIBackend(CodecBackend, Backend):
             pairs.append((tid, float(lp)))
         pairs.sort(key=lambda p: -p[1])
         return tuple(pairs[:k])
-
-
-async def _until_aborted(work: Any, abort: Abort) -> None:
-    """Run `work` until it ends or `abort` is set (then cancel it: that closes its
-    connection). Cancelling the caller cancels both."""
-    task = asyncio.ensure_future(work)
-    waiter = asyncio.ensure_future(abort.wait())
-    try:
-        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        waiter.cancel()
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-    if task.done() and not task.cancelled():
-        task.result()  # re-raise what the reader raised
 
 
 class _Choice:

@@ -32,7 +32,6 @@ need it installed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import itertools
 import os
@@ -49,7 +48,7 @@ from ttc.backends._text import (
     continuation_text,
     mix_seed,
 )
-from ttc.cancel import Abort, SequenceProgress
+from ttc.cancel import Abort, SequenceProgress, until_aborted
 from ttc.config import BackendConfig, bounded
 from ttc.errors import BackendError, TtcError
 from ttc.interfaces import Backend
@@ -392,19 +391,8 @@ class VLLMBackend(CodecBackend, Backend):
             finally:
                 await gen.aclose()  # a request that did not finish is aborted in the engine
 
-        task = asyncio.ensure_future(consume())
-        waiter = asyncio.ensure_future(abort.wait())
-        try:
-            await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            waiter.cancel()
-            if not task.done():
-                stopped = True
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        if task.done() and not task.cancelled() and task.exception() is not None:
-            raise task.exception()  # type: ignore[misc]
+        if await until_aborted(consume(), abort):
+            stopped = True
         if stopped or latest is None or not latest.finished:
             abort.stopped += 1
             return _Stopped(latest)

@@ -24,8 +24,10 @@ engine's request ids.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -66,3 +68,25 @@ class Abort:
     def check(self, progress: SequenceProgress) -> bool:
         """Whether `progress`'s sequence should stop now."""
         return self._event.is_set() or (self.watch is not None and bool(self.watch(progress)))
+
+
+async def until_aborted(work: Awaitable[Any], abort: Abort) -> bool:
+    """Run `work` until it ends or `abort` is set, then cancel it (a backend's reader:
+    cancelling it closes its connection or aborts its engine request). True when the
+    abort cut it short. What `work` raised is raised; cancelling the caller cancels
+    both."""
+    task = asyncio.ensure_future(work)
+    waiter = asyncio.ensure_future(abort.wait())
+    cut = False
+    try:
+        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+        if not task.done():
+            cut = True
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    if task.done() and not task.cancelled():
+        task.result()  # re-raise what the work raised
+    return cut
