@@ -21,6 +21,7 @@ allocator reads (format: `ttc_policy: 1`, see docs/analysis.md).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Sequence
@@ -55,6 +56,73 @@ def _nested(run: dict[str, Any], group: str) -> dict[str, Any]:
     if group == "budget":
         value = {k: v for k, v in value.items() if v is not None}
     return value
+
+
+SETTING_GROUPS = ("task", "backend", "reward")
+"""Config groups a policy cannot change: it sets each bin's strategy and budget only."""
+PROBLEM_KEYS = {("task", "n_problems")}
+"""Keys that choose which problems a run solved (the fit meets them on shared problems)."""
+
+
+def _setting(run: dict[str, Any]) -> dict[str, Any]:
+    """The run's task, backend and reward config, each filled with its plugin's defaults
+    where the run did not store a key (an older ttc had no such field)."""
+    config = run.get("config") or {}
+    out: dict[str, Any] = {}
+    for group in SETTING_GROUPS:
+        node = dict(config.get(group) or {})
+        for key, value in {**_defaults(group, str(node.get("name"))), **node}.items():
+            if (group, key) not in PROBLEM_KEYS:
+                out[f"{group}.{key}"] = value
+    return out
+
+
+def _defaults(group: str, name: str) -> dict[str, Any]:
+    """The default config of plugin `name` of `group`, as plain data ({} if unknown)."""
+    from ttc.registry import get_registry
+
+    try:
+        cls = get_registry().get(group, name).config_cls
+        return dataclasses.asdict(cls()) if dataclasses.is_dataclass(cls) else {}
+    except Exception:  # not installed here, or a config that needs arguments
+        return {}
+
+
+def _differences(setting: dict[str, Any], base: dict[str, Any]) -> list[str]:
+    """The keys whose value in `setting` is not the one in `base` (`-`: not stored)."""
+    return [
+        f"{k}={setting.get(k, '-')}"
+        for k in sorted(set(setting) | set(base))
+        if setting.get(k, _MISSING) != base.get(k, _MISSING)
+    ]
+
+
+_MISSING = object()
+
+
+def reproducible(tables: Tables) -> tuple[set[str], list[str]]:
+    """The runs a policy can choose from: those sharing the task, backend and reward
+    config of the most runs; and a note for each run left out, naming what differs."""
+    runs = tables.runs.to_dict("records")
+    settings = {r["id"]: _setting(r) for r in runs}
+    keys = [json.dumps(st, sort_keys=True, default=str) for st in settings.values()]
+    common = max(dict.fromkeys(keys), key=keys.count) if keys else None  # ties: the first
+    base = json.loads(common) if common else {}
+    keep: set[str] = set()
+    left: dict[str, list[str]] = {}
+    for run in runs:
+        differs = _differences(json.loads(json.dumps(settings[run["id"]], default=str)), base)
+        if differs:
+            left.setdefault(", ".join(differs), []).append(run["id"])
+        else:
+            keep.add(run["id"])
+    notes = [
+        f"{len(ids)} run{'s' if len(ids) > 1 else ''} left out of the policy, whose {what} "
+        f"differs from the other runs' (a policy sets only each bin's strategy and budget): "
+        f"{', '.join(ids)}"
+        for what, ids in left.items()
+    ]
+    return keep, notes
 
 
 def candidates(
@@ -335,6 +403,12 @@ def fit_policy(
             value=unit,
         )
     cands = cands or candidates(tables, virtual=virtual)
+    keep, notes = reproducible(tables)
+    kept = cands.meta["run_id"].isin(keep)
+    cands = Candidates(
+        cands.meta[kept].reset_index(drop=True),
+        cands.values[cands.values["candidate"].isin(cands.meta.loc[kept, "candidate"])],
+    )
     diff = difficulty(tables, measure, probe=probe).set_index("problem_id")
     values = cands.values
     pids = sorted(set(values["problem_id"]) if problems is None else set(problems))
@@ -397,7 +471,6 @@ def fit_policy(
                 "saving": need / cost if cost > 0 and need == need else math.nan,
             }
         )
-    notes = []
     if measure == "oracle":
         notes.append("oracle bins use each problem's stored correctness: not known at test time")
     return PolicyFit(

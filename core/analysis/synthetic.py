@@ -111,11 +111,13 @@ class SyntheticEnv:
         budget: dict[str, Any] | None = None,
         probe: int = 0,
         bulk: bool = False,
+        task: dict[str, Any] | None = None,
     ) -> str:
         """Write one run of `strategy` over the problems (all, or a slice) into `store`;
         return its id. `probe` > 0 stores that many probe samples first (as the
         `difficulty` allocator does), flagged in their `extra`. `bulk` writes all problems
-        in one transaction (`Store.record_problems`, for large benchmark stores)."""
+        in one transaction (`Store.record_problems`, for large benchmark stores). `task`:
+        further fields of the run's task config (as a run with another prompt stores)."""
         # crc32, not hash(): str hashes change with every process (PYTHONHASHSEED), which
         # made the stores, and the tests built on them, differ from run to run
         key = repr((self.seed, strategy, n, width, depth, seed)).encode()
@@ -132,7 +134,7 @@ class SyntheticEnv:
             "strategy": params,
             "reward": {"name": reward},
             "backend": {"name": "synthetic", "model": "synthetic-135m"},
-            "task": {"name": "synthetic"},
+            "task": {"name": "synthetic", **(task or {})},
             "allocator": {"name": "fixed"},
             "budget": budget or limits,
         }

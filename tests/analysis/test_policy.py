@@ -169,3 +169,31 @@ def test_every_quantile_bin_holds_problems_when_the_top_value_is_common() -> Non
         assert edges[-1] == float("inf")
         held = np.bincount(assign_bins(values, edges), minlength=len(edges))
         assert (held > 0).all(), (bins, edges, held)
+
+
+@pytest.mark.parametrize("other_prompt", [False, True])
+def test_a_policy_chooses_only_runs_it_can_reproduce(tmp_path: Path, other_prompt: bool) -> None:
+    """A policy sets each bin's strategy and budget, nothing else: a run on another task
+    config (here: few-shot examples in the prompt), backend or reward cannot be what a
+    bin gets, however well it did. Found on the real sweep: the policy gave the hard bin
+    the cascade's few-shot run."""
+    url = f"sqlite:///{tmp_path / 'mixed.db'}"
+    env = SyntheticEnv.spread(90, seed=2, centres=(0.9, 0.3, 0.1))
+    store = Store(url)
+    env.write_run(store, strategy="best_of_n", n=2)
+    env.write_run(store, strategy="best_of_n", n=4)
+    env.write_run(store, strategy="self_consistency", n=4)
+    odd = env.write_run(
+        store, strategy="best_of_n", n=32, task={"few_shot": 2} if other_prompt else None
+    )
+    store.close()
+    tables = load(url)
+    fit = fit_policy(tables, measure="score", unit="tokens", bins=2)
+    run_of = fit.candidates.meta.set_index("candidate")["run_id"]
+    chosen = set(fit.per_bin["candidate"].map(run_of))
+    if other_prompt:
+        assert odd not in chosen and odd not in set(fit.candidates.meta["run_id"])
+        assert any("task.few_shot=2" in note and odd in note for note in fit.notes)
+    else:
+        assert odd in chosen  # the most accurate run, at the top budget level
+        assert not fit.notes
