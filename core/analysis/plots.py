@@ -72,10 +72,16 @@ def accuracy_cost(
     runs = pts[pts["metric"] == "accuracy"]
     biggest = runs.sort_values("k").groupby("family")["run_id"].last()
     ks = pts[(pts["metric"] != "accuracy") & pts["run_id"].isin(set(biggest))]
+    # one colour and marker per family (its k-curves share them, dashed): many families
+    # stay apart where matplotlib's ten default colours repeat
+    style = _family_styles(sorted(set(runs["family"]) | set(ks["family"])))
     for name, g in runs.groupby("family", sort=True):
-        _curve(ax, g.sort_values(col), col, "-o", f"{name} (runs)")
+        color, marker = style[name]
+        _curve(ax, g.sort_values(col), col, f"-{marker}", f"{name} (runs)", color=color)
     for (name, metric), g in ks.groupby(["family", "metric"], sort=True):
-        _curve(ax, g.sort_values(col), col, "--.", f"{metric} of {name}")
+        color, _ = style[name]
+        dashes = "--" if metric == "best@k" else ":"
+        _curve(ax, g.sort_values(col), col, f"{dashes}.", f"{metric} of {name}", color=color)
     pts = pd.concat([runs, ks])
     mask = pareto_mask(pts[col].to_numpy(float), pts["value"].to_numpy(float))
     front = pts[mask].sort_values(col)
@@ -101,9 +107,29 @@ def accuracy_cost(
     return _png(fig, path)
 
 
-def _curve(ax: Any, g: pd.DataFrame, col: str, style: str, label: str) -> None:
+def _curve(
+    ax: Any, g: pd.DataFrame, col: str, style: str, label: str, *, color: Any = None
+) -> None:
     yerr = np.vstack([g["value"] - g["ci_lo"], g["ci_hi"] - g["value"]]).clip(min=0)
-    ax.errorbar(g[col], g["value"], yerr=yerr, fmt=style, capsize=2, ms=4, lw=1, label=label)
+    ax.errorbar(
+        g[col], g["value"], yerr=yerr, fmt=style, capsize=2, ms=4, lw=1, label=label, color=color
+    )
+
+
+_MARKERS = "os^Dv<>PX*"
+
+
+def _family_styles(names: list[str]) -> dict[str, tuple[Any, str]]:
+    """A (colour, marker) per name, distinct for up to 200 names (20 colours x 10 markers)."""
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab20"]
+    pairs = [cmap(i) for i in range(20)]  # dark and light of one hue alternate
+    colors = [*pairs[0::2], *pairs[1::2]]
+    return {
+        name: (colors[i % len(colors)], _MARKERS[(i // len(colors)) % len(_MARKERS)])
+        for i, name in enumerate(names)
+    }
 
 
 def coverage(
