@@ -175,7 +175,14 @@ def per_bin(
     """`by_bin`: rows of (bin, family, value); `chosen`: rows of (bin, accuracy, choice,
     and `up_to`, the bin's upper edge in `measure`, named under each bin)."""
     fig, ax = _figure()
-    fams = list(dict.fromkeys(by_bin["family"]))[:10]
+    # the ten families with the best accuracy in some bin (the title says when others
+    # were left out): bars for more than ten per bin are unreadable
+    every = list(dict.fromkeys(by_bin["family"]))
+    best = by_bin.groupby("family")["value"].max()
+    fams = sorted(every, key=lambda f: -float(best[f]))[:10]
+    fams = [f for f in every if f in fams]
+    if len(every) > len(fams):
+        title = f"{title} (the {len(fams)} best of {len(every)})"
     bins = sorted(by_bin["bin"].unique())
     width = 0.8 / max(len(fams), 1)
     for i, fam in enumerate(fams):
