@@ -206,6 +206,9 @@ class SyntheticTaskConfig(TaskConfig):
     fail_ids: list[str] | None = None
     """Problems whose prompt carries the backend's fail marker."""
     load_delay_s: float = bounded(0.0, ge=0.0, help="sleep in load() (a slow data source)")
+    load_gate: str = ""
+    """A path: load() waits while this file exists (a data source the test holds back,
+    so that a signal surely lands while the task is loading)."""
 
 
 class SyntheticTask(Task):
@@ -214,6 +217,8 @@ class SyntheticTask(Task):
     def load(self) -> list[Problem]:
         if self.config.load_delay_s:
             time.sleep(self.config.load_delay_s)
+        while self.config.load_gate and os.path.exists(self.config.load_gate):
+            time.sleep(0.02)
         rng = random.Random(self.config.seed)
         problems = []
         for i in range(self.config.n_problems):

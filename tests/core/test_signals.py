@@ -6,6 +6,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from ttc.store import Store
@@ -26,10 +27,17 @@ def _start(args: list[str], cwd: Path) -> subprocess.Popen[str]:
 
 def test_sigint_before_the_run_row_exists_prints_no_resume_command(tmp_path: Path) -> None:
     db = tmp_path / "s.db"
-    proc = _start(["run", *DOUBLES, f"store.url=sqlite:///{db}", "task.load_delay_s=3"], tmp_path)
-    # the store is open (migrated), the task is loading: no run row yet
-    wait_for(lambda: peek(db, "SELECT id FROM runs") == [], what="the migrated store")
-    proc.send_signal(signal.SIGINT)
+    gate = tmp_path / "loading"
+    gate.touch()  # the task's load waits until it is gone: no run row before the signal
+    job = [*DOUBLES, f"store.url=sqlite:///{db}", f"task.load_gate={gate}"]
+    proc = _start(["run", *job], tmp_path)
+    try:
+        # the store is open (migrated), the task is loading: no run row yet
+        wait_for(lambda: peek(db, "SELECT id FROM runs") == [], what="the migrated store")
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.5)  # the child handles the signal before it sees the gate open
+    finally:
+        gate.unlink()
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "resume" not in err and "nothing was stored" in err
