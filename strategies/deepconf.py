@@ -36,6 +36,7 @@ from typing import Any
 from ttc.cancel import Abort, SequenceProgress
 from ttc.config import bounded
 from ttc.interfaces import SolveContext, Strategy
+from ttc.plugins.rewards.self_certainty import lowest_window_mean
 from ttc.strategies.common import SampleConfig, solution, votes
 from ttc.strategies.sample_stream import SampleStream
 from ttc.types import Branch, Problem, Sampling, Solution, token_confidence
@@ -70,16 +71,7 @@ def confidences(
 def lowest_group_confidence(conf: Sequence[float], window: int) -> float:
     """The minimum over all full windows of the mean token confidence (the mean of the
     whole trace when it is shorter than one window; +inf for an empty trace)."""
-    if not conf:
-        return math.inf
-    if len(conf) <= window:
-        return sum(conf) / len(conf)
-    run = sum(conf[:window])
-    low = run
-    for i in range(window, len(conf)):
-        run += conf[i] - conf[i - window]
-        low = min(low, run)
-    return low / window
+    return lowest_window_mean(conf, window) if conf else math.inf
 
 
 def percentile(values: Sequence[float], q: float) -> float:
