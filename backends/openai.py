@@ -525,12 +525,17 @@ class OpenAIBackend(CodecBackend, Backend):
                 failure = exc
             except Exception as exc:
                 failure = _classify_exception(exc)
-            if failure.refused and (down := self._refusal()) is not None:
-                self._retry.failed(what, attempt, failure, final=True)
-                raise down
-            if not self._retry.failed(what, attempt, failure):
-                raise self._retry.error(what, attempt, failure)
-            await asyncio.sleep(self._retry.delay(attempt, failure))
+            await self._after_failure(what, attempt, failure)
+
+    async def _after_failure(self, what: str, attempt: int, failure: _Failure) -> None:
+        """Raise the call's error (a server that refuses every request, or no retry
+        left), else wait before the next attempt."""
+        if failure.refused and (down := self._refusal()) is not None:
+            self._retry.failed(what, attempt, failure, final=True)
+            raise down
+        if not self._retry.failed(what, attempt, failure):
+            raise self._retry.error(what, attempt, failure)
+        await asyncio.sleep(self._retry.delay(attempt, failure))
 
     def request_sync(
         self, method: str, url: str, body: dict[str, Any] | None, *, probe: bool = False
@@ -652,12 +657,7 @@ class OpenAIBackend(CodecBackend, Backend):
                 failure = _classify_exception(exc)
             if state.received:  # tokens were generated: do not spend them twice
                 failure.retry = False
-            if failure.refused and (down := self._refusal()) is not None:
-                self._retry.failed(what, attempt, failure, final=True)
-                raise down
-            if not self._retry.failed(what, attempt, failure):
-                raise self._retry.error(what, attempt, failure)
-            await asyncio.sleep(self._retry.delay(attempt, failure))
+            await self._after_failure(what, attempt, failure)
 
     async def _read_stream(self, body: dict[str, Any], state: _StreamState, abort: Abort) -> None:
         assert self._client is not None
