@@ -42,12 +42,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import json
 import logging
 import os
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -131,6 +132,36 @@ class OpenAIBackendConfig(BackendConfig):
     """Where converted models live (for `tokenizer`); default $TTC_CACHE_DIR or ~/.cache/ttc."""
 
 
+class _ClientShards:
+    """`total` connections as httpx clients of at most `SIZE` connections each, a request
+    leasing the least busy one. httpcore scans every connection of its pool on each
+    request's start and end, so one pool of hundreds of connections makes the client's
+    CPU time grow with the square of the requests in flight; on a machine the server
+    shares, that time is taken from the engine."""
+
+    SIZE = 32
+
+    def __init__(self, make: Callable[[int], httpx.AsyncClient], total: int) -> None:
+        sizes = [self.SIZE] * (total // self.SIZE) + (
+            [total % self.SIZE] if total % self.SIZE else []
+        )
+        self.clients = [make(size) for size in sizes]
+        self.busy = [0] * len(self.clients)
+
+    @contextlib.asynccontextmanager
+    async def lease(self) -> AsyncIterator[httpx.AsyncClient]:
+        i = min(range(len(self.clients)), key=self.busy.__getitem__)
+        self.busy[i] += 1
+        try:
+            yield self.clients[i]
+        finally:
+            self.busy[i] -= 1
+
+    async def aclose(self) -> None:
+        for client in self.clients:
+            await client.aclose()
+
+
 @dataclass
 class RequestStats:
     """What the backend has sent and what failed, for logs, tests and benchmarks."""
@@ -153,18 +184,30 @@ class RequestStats:
     busy_s: float = 0.0
     """Seconds during which at least one completion request was in flight (the union of
     their intervals; the server's view of the run: what benchmarks compare wall to)."""
+    inflight_s: float = 0.0
+    """The integral of `inflight` over time (request-seconds): `inflight_s / busy_s` is
+    the mean number of requests in flight while any was."""
     _busy_since: float = 0.0
+    _changed_at: float = 0.0
+
+    def _advance(self) -> float:
+        now = time.perf_counter()
+        self.inflight_s += self.inflight * (now - self._changed_at)
+        self._changed_at = now
+        return now
 
     def began(self) -> None:
+        now = self._advance()
         if self.inflight == 0:
-            self._busy_since = time.perf_counter()
+            self._busy_since = now
         self.inflight += 1
         self.max_inflight = max(self.max_inflight, self.inflight)
 
     def ended(self) -> None:
+        now = self._advance()
         self.inflight -= 1
         if self.inflight == 0:
-            self.busy_s += time.perf_counter() - self._busy_since
+            self.busy_s += now - self._busy_since
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -175,6 +218,7 @@ class RequestStats:
             "gave_up": self.gave_up,
             "max_inflight": self.max_inflight,
             "busy_s": round(self.busy_s, 3),
+            "inflight_s": round(self.inflight_s, 3),
         }
 
 
@@ -332,7 +376,7 @@ class OpenAIBackend(CodecBackend, Backend):
         super().__init__(config)
         self.stats = RequestStats()
         self._retry = _Retry(config, self.stats)
-        self._client: httpx.AsyncClient | None = None
+        self._client: _ClientShards | None = None
         self._sync_client: httpx.Client | None = None
         self._sem: asyncio.Semaphore | None = None
         self._api_key: str | None = None
@@ -368,14 +412,14 @@ class OpenAIBackend(CodecBackend, Backend):
         self._api_key = os.environ.get(cfg.api_key_env) or None
         if self._api_key is None:
             log.info("no API key: $%s is not set; sending requests without one", cfg.api_key_env)
-        limits = httpx.Limits(
-            max_connections=cfg.max_concurrency, max_keepalive_connections=cfg.max_concurrency
-        )
-        self._client = httpx.AsyncClient(
-            base_url=cfg.base_url.rstrip("/") + "/",
-            headers=self._headers(),
-            timeout=self._timeout(),
-            limits=limits,
+        self._client = _ClientShards(
+            lambda size: httpx.AsyncClient(
+                base_url=cfg.base_url.rstrip("/") + "/",
+                headers=self._headers(),
+                timeout=self._timeout(),
+                limits=httpx.Limits(max_connections=size, max_keepalive_connections=size),
+            ),
+            cfg.max_concurrency,
         )
         self._sem = asyncio.Semaphore(cfg.max_concurrency)
         if self._model is None:
@@ -515,8 +559,8 @@ class OpenAIBackend(CodecBackend, Backend):
             attempt += 1
             self.stats.attempts += 1
             try:
-                async with self._sem:
-                    resp = await self._client.request(method, path, json=body)
+                async with self._sem, self._client.lease() as client:
+                    resp = await client.request(method, path, json=body)
                 self._answered()
                 failure = _classify_response(resp)
                 if failure is None:
@@ -648,8 +692,8 @@ class OpenAIBackend(CodecBackend, Backend):
                 return state.answer(abort)
             self.stats.attempts += 1
             try:
-                async with self._sem:
-                    await until_aborted(self._read_stream(body, state, abort), abort)
+                async with self._sem, self._client.lease() as client:
+                    await until_aborted(self._read_stream(client, body, state, abort), abort)
                 return state.answer(abort)
             except _Failure as exc:
                 failure = exc
@@ -659,10 +703,11 @@ class OpenAIBackend(CodecBackend, Backend):
                 failure.retry = False
             await self._after_failure(what, attempt, failure)
 
-    async def _read_stream(self, body: dict[str, Any], state: _StreamState, abort: Abort) -> None:
-        assert self._client is not None
+    async def _read_stream(
+        self, client: httpx.AsyncClient, body: dict[str, Any], state: _StreamState, abort: Abort
+    ) -> None:
         state.sent = True
-        async with self._client.stream("POST", "completions", json=body) as resp:
+        async with client.stream("POST", "completions", json=body) as resp:
             self._answered()
             if resp.status_code >= 400:
                 await resp.aread()

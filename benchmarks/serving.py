@@ -32,9 +32,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -162,8 +164,29 @@ class Loops:
             return await self._timed(all_of())
 
 
-def run_ttc(overrides: list[str]) -> dict[str, Any]:
-    """One ttc run; wall from the backend's start, with the backend's request stats."""
+def cpu_seconds(pid: int | None) -> tuple[float, float]:
+    """CPU seconds used so far by this process (the client: ttc runs in it) and by the
+    server process `pid` with its children (the engine core; 0 without psutil or pid)."""
+    import resource
+
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    server = 0.0
+    if pid is not None:
+        try:
+            import psutil
+
+            root = psutil.Process(pid)
+            for proc in (root, *root.children(recursive=True)):
+                t = proc.cpu_times()
+                server += t.user + t.system
+        except Exception:  # psutil missing or a process gone: no server figure
+            server = 0.0
+    return own.ru_utime + own.ru_stime, server
+
+
+def run_ttc(overrides: list[str], server_pid: int | None = None) -> dict[str, Any]:
+    """One ttc run; wall from the backend's start, with the backend's request stats and
+    the CPU seconds the client and the server spent on it."""
     from ttc.backends.openai import OpenAIBackend
     from ttc.launch import compose
     from ttc.runner import Runner
@@ -176,16 +199,22 @@ def run_ttc(overrides: list[str]) -> dict[str, Any]:
         seen["t0"], seen["backend"] = time.perf_counter(), self
 
     OpenAIBackend.start = start  # type: ignore[method-assign]
+    cpu0 = cpu_seconds(server_pid)
     try:
         outcome = Runner(compose(overrides)).run()
     finally:
         OpenAIBackend.start = original  # type: ignore[method-assign]
     wall = time.perf_counter() - seen["t0"]
+    cpu1 = cpu_seconds(server_pid)
     totals = outcome.totals or {}
     if outcome.status != "finished" or totals.get("errors"):
         raise SystemExit(f"run failed: status {outcome.status}, totals {totals}")
     stats = seen["backend"].stats
-    return {"wall": wall, "totals": totals, "busy": stats.busy_s, "inflight": stats.max_inflight}
+    return {
+        "wall": wall, "totals": totals, "busy": stats.busy_s, "inflight": stats.max_inflight,
+        "mean_inflight": stats.inflight_s / max(stats.busy_s, 1e-9),
+        "client_cpu": cpu1[0] - cpu0[0], "server_cpu": cpu1[1] - cpu0[1],
+    }  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -210,7 +239,15 @@ def main(argv: list[str] | None = None) -> None:
         "arith level 1-2 problems (0: skip)",
     )
     ap.add_argument("--compare-max-tokens", type=int, default=256)
+    ap.add_argument(
+        "--compare-thresholds",
+        default="0.95,0.8",
+        help="adaptive_consistency thresholds to compare (beta criterion), comma-separated",
+    )
+    ap.add_argument("--compare-few-shot", type=int, default=0, help="its task.few_shot")
+    ap.add_argument("--store-dir", help="keep the runs' stores here (default: a temporary folder)")
     args = ap.parse_args(argv)
+    args.server_pid = None
 
     console = Console(width=160)
     # --tokenizer '': none (the server's /tokenize)
@@ -241,6 +278,8 @@ def main(argv: list[str] | None = None) -> None:
             console.print(f"starting vLLM: {flags}")
             server.start()
             base_url = server.base_url
+            assert server.proc is not None
+            args.server_pid = server.proc.pid
         results = measure(args, base_url, tokenizer, console) if args.strategies else None
         compared = compare(args, base_url, tokenizer, console) if args.compare_problems else None
     finally:
@@ -271,6 +310,16 @@ def _prompts(base_url: str, model: str, tokenizer: str, n: int) -> list[list[int
         asyncio.run(backend.close())
 
 
+@contextlib.contextmanager
+def _store_dir(args: Any) -> Iterator[str]:
+    if args.store_dir:
+        Path(args.store_dir).mkdir(parents=True, exist_ok=True)
+        yield args.store_dir
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        yield tmp
+
+
 def measure(args: Any, base_url: str, tokenizer: str, console: Console) -> dict[str, Any]:
     w, s, k = args.width, args.steps, args.step_tokens
     prompts = _prompts(base_url, args.model, tokenizer, args.problems)
@@ -284,7 +333,7 @@ def measure(args: Any, base_url: str, tokenizer: str, console: Console) -> dict[
     console.print("per-problem concurrent loop ...")
     out["per_problem"] = asyncio.run(loops.per_problem(w, s, k))
     inflight = max(256, w * args.problems)
-    with tempfile.TemporaryDirectory() as tmp:
+    with _store_dir(args) as tmp:
         store = f"sqlite:///{Path(tmp) / 'b.db'}"
         common = [
             "backend=openai", f"backend.base_url={base_url}", f"backend.model={args.model}",
@@ -294,7 +343,10 @@ def measure(args: Any, base_url: str, tokenizer: str, console: Console) -> dict[
         ]  # fmt: skip
         for name in args.strategies.split(","):
             console.print(f"ttc: {name} ...")
-            row = run_ttc([*common, *strategy_overrides(name, width=w, steps=s, step_tokens=k)])
+            row = run_ttc(
+                [*common, *strategy_overrides(name, width=w, steps=s, step_tokens=k)],
+                args.server_pid,
+            )
             row["name"] = name
             out["rows"].append(row)
     return out
@@ -305,25 +357,27 @@ def compare(args: Any, base_url: str, tokenizer: str, console: Console) -> list[
     problems, one after the other on the same server."""
     n, mt = args.compare_problems, args.compare_max_tokens
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
+    with _store_dir(args) as tmp:
         common = [
             "backend=openai", f"backend.base_url={base_url}", f"backend.model={args.model}",
             f"backend.tokenizer={tokenizer or 'null'}", "task=arith", f"task.n_problems={n}",
-            "task.levels=[1,2]", f"run.concurrency={n}", "run.progress=false", "reward=none",
+            "task.levels=[1,2]", f"task.few_shot={args.compare_few_shot}",
+            f"run.concurrency={n}", "run.progress=false", "reward=none",
             f"store.url=sqlite:///{Path(tmp) / 'c.db'}",
         ]  # fmt: skip
         jobs = {
             "majority of 8 (self_consistency n=8)": [
                 "strategy=self_consistency", "strategy.n=8", f"strategy.max_tokens={mt}",
             ],
-            "adaptive_consistency (cancel, max 8)": [
-                "strategy=adaptive_consistency", "strategy.max_samples=8", "strategy.batch=2",
-                f"strategy.max_tokens={mt}",
-            ],
         }  # fmt: skip
+        for threshold in (float(t) for t in args.compare_thresholds.split(",") if t.strip()):
+            jobs[f"adaptive_consistency (cancel, max 8, threshold {threshold:g})"] = [
+                "strategy=adaptive_consistency", "strategy.max_samples=8", "strategy.batch=2",
+                f"strategy.threshold={threshold}", f"strategy.max_tokens={mt}",
+            ]  # fmt: skip
         for label, strategy in jobs.items():
             console.print(f"compare: {label} ...")
-            row = run_ttc([*common, *strategy])
+            row = run_ttc([*common, *strategy], args.server_pid)
             row["name"] = label
             rows.append(row)
     return rows
@@ -339,7 +393,8 @@ def _wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
 
 def report_compare(args: Any, rows: list[dict[str, Any]], flags: str, console: Console) -> None:
     n = args.compare_problems
-    table = Table(title=f"{n} arith problems (levels 1-2), {args.model}, {flags}")
+    shots = f", {args.compare_few_shot}-shot" if args.compare_few_shot else ""
+    table = Table(title=f"{n} arith problems (levels 1-2{shots}), {args.model}, {flags}")
     for col in ("strategy", "accuracy", "95% CI", "gen tokens", "samples", "wall s"):
         table.add_column(col, justify="right")
     base = rows[0]
@@ -373,7 +428,7 @@ def report(args: Any, res: dict[str, Any], flags: str, console: Console) -> None
     table = Table(title=title)
     cols = (
         "strategy", "wall s", "gen tokens", "tok/s", "utilisation", "prefix hit",
-        "x naive", "x per-problem", "overhead", "max in flight",
+        "x naive", "x per-problem", "overhead", "in flight mean/max", "CPU client/server",
     )  # fmt: skip
     for col in cols:
         table.add_column(col, justify="right")
@@ -387,7 +442,8 @@ def report(args: Any, res: dict[str, Any], flags: str, console: Console) -> None
             r["name"], f"{r['wall']:.1f}", str(t["tokens"]), f"{rate:.1f}",
             f"{rate / capacity:.2f}", f"{hit:.2f}", f"{rate / naive:.2f}",
             f"{rate / per_problem:.2f}", f"{r['wall'] / max(r['busy'], 1e-9):.3f}",
-            str(r["inflight"]),
+            f"{r['mean_inflight']:.1f}/{r['inflight']}",
+            f"{r['client_cpu'] / r['wall']:.2f}/{r['server_cpu'] / r['wall']:.2f}",
         )  # fmt: skip
     console.print(table)
     console.print(f"server: {flags}")

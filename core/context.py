@@ -314,6 +314,14 @@ class ProblemContext:
             prompts = await self._requests_on(str(model), route, branches)
         prompt_lens = [len(ids) for _, ids in prompts]
         sequences = len(branches) * sampling.n
+        # Copies of one branch (a particle filter's resampled particles) go as one request
+        # of n = copies x sampling.n: one prefill and one request instead of one per copy,
+        # each sequence still its own sample. The grant covers the unmerged shape, which
+        # is never less than the merged one.
+        groups: dict[int, list[int]] = {}
+        for i, b in enumerate(branches):
+            groups.setdefault(b.id, []).append(i)
+        positions = list(groups.values())
         per_sample = scheduler.backend.prompt_tokens_per_sample
         cost = route.cost if route is not None else None
         try:
@@ -321,20 +329,21 @@ class ProblemContext:
                 prompt_lens, sampling.n, sampling.max_tokens, per_sample=per_sample, cost=cost
             )
         except BudgetExceeded as exc:
-            self._record("generate", "refused", len(branches), sequences, error=str(exc))
+            self._record("generate", "refused", len(positions), sequences, error=str(exc))
             raise
         if grant.max_tokens < sampling.max_tokens:
             sampling = sampling.replace(max_tokens=grant.max_tokens)
         requests = [
             GenerateRequest(
-                prompt=text,
-                prompt_token_ids=ids,
+                prompt=prompts[at[0]][0],
+                prompt_token_ids=prompts[at[0]][1],
                 sampling=sampling.replace(
-                    seed=sampling.seed if sampling.seed is not None else self.rng.getrandbits(31)
+                    n=sampling.n * len(at),
+                    seed=sampling.seed if sampling.seed is not None else self.rng.getrandbits(31),
                 ),
                 abort=abort,
             )
-            for text, ids in prompts
+            for at in positions
         ]
         t0 = time.perf_counter()
         try:
@@ -344,23 +353,24 @@ class ProblemContext:
             raise
         latency = time.perf_counter() - t0
 
-        children: list[tuple[Branch, Generation]] = []
+        placed: dict[int, list[tuple[Branch, Generation]]] = {}
         served: list[Served] = []
         produced: list[list[Branch]] = []
         batch = 0
         errors: list[str] = []
-        for parent, plen, out in zip(branches, prompt_lens, outcomes, strict=True):
+        for at, out in zip(positions, outcomes, strict=True):
+            parent, plen = branches[at[0]], prompt_lens[at[0]]
             if isinstance(out, BaseException):
                 errors.append(f"{type(out).__name__}: {out}")
-                self._tree.failed_branches += 1
+                self._tree.failed_branches += len(at)
                 continue
             result, batch = out.result, max(batch, out.batch_size)
             usage = result.usage
             # a sequence aborted before its first token was never sampled: no child, no
             # sample charged (its prompt, if the backend prefilled it, still is)
-            gens = [g for g in result.generations if g.token_ids or g.finish_reason != "cancelled"]
-            lens = [len(g.token_ids) for g in gens]
-            if not gens and not usage.prompt_tokens and not usage.completion_tokens:
+            kept = [bool(g.token_ids) or g.finish_reason != "cancelled" for g in result.generations]
+            lens = [len(g.token_ids) for g, k in zip(result.generations, kept, strict=True) if k]
+            if not lens and not usage.prompt_tokens and not usage.completion_tokens:
                 continue
             served.append(
                 Served(
@@ -372,9 +382,15 @@ class ProblemContext:
                     batch_size=out.batch_size,
                 )
             )
-            mine = [self._child(parent, g, recode=route is not None) for g in gens]
+            mine: list[Branch] = []
+            for j, position in enumerate(at):  # copy j gets the j-th n of the samples
+                share = range(j * sampling.n, (j + 1) * sampling.n)
+                gens = [result.generations[g] for g in share if g < len(kept) and kept[g]]
+                pairs = [(self._child(parent, g, recode=route is not None), g) for g in gens]
+                placed[position] = pairs
+                mine += [child for child, _ in pairs]
             produced.append(mine)
-            children.extend(zip(mine, gens, strict=True))
+        children = [pair for i in range(len(branches)) for pair in placed.get(i, ())]
         charge = self._ledger.charge_generate(grant, served, cost=cost)
         if model is not None:
             for mine, flops in zip(produced, charge.request_flops, strict=True):
@@ -385,7 +401,7 @@ class ProblemContext:
         self._record(
             "generate",
             "ok" if not errors else "error",
-            len(branches),
+            len(positions),
             sequences,
             batch_size=batch,
             prompt_tokens=charge.prompt_tokens,
