@@ -133,11 +133,11 @@ class OpenAIBackendConfig(BackendConfig):
 
 
 class _ClientShards:
-    """`total` connections as httpx clients of at most `SIZE` connections each, a request
-    leasing the least busy one. httpcore scans every connection of its pool on each
-    request's start and end, so one pool of hundreds of connections makes the client's
-    CPU time grow with the square of the requests in flight; on a machine the server
-    shares, that time is taken from the engine."""
+    """`total` connections as httpx clients of at most `SIZE` connections each; a request
+    leases the client with the most free connections. httpcore scans every connection of
+    its pool on each request's start and end, so one pool of hundreds of connections
+    makes the client's CPU time grow with the square of the requests in flight; on a
+    machine the server shares, that time is taken from the engine."""
 
     SIZE = 32
 
@@ -146,16 +146,16 @@ class _ClientShards:
             [total % self.SIZE] if total % self.SIZE else []
         )
         self.clients = [make(size) for size in sizes]
-        self.busy = [0] * len(self.clients)
+        self.free = list(sizes)
 
     @contextlib.asynccontextmanager
     async def lease(self) -> AsyncIterator[httpx.AsyncClient]:
-        i = min(range(len(self.clients)), key=self.busy.__getitem__)
-        self.busy[i] += 1
+        i = max(range(len(self.clients)), key=self.free.__getitem__)
+        self.free[i] -= 1
         try:
             yield self.clients[i]
         finally:
-            self.busy[i] -= 1
+            self.free[i] += 1
 
     async def aclose(self) -> None:
         for client in self.clients:

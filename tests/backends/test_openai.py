@@ -42,6 +42,10 @@ from ttc.types import GenerateRequest, Problem, Sampling
 SECRET = "sk-test-0123456789abcdef-never-store-me"
 
 
+class _Listener(ThreadingHTTPServer):
+    request_queue_size = 256  # a backend opens up to max_concurrency connections at once
+
+
 class FakeServer:
     """An OpenAI/vLLM-compatible server over the scripted backend double.
 
@@ -83,7 +87,7 @@ class FakeServer:
         self.unsent_tokens = 0
         """Tokens of disconnected streams that were never generated or sent."""
         self.plan = self.default_plan
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
+        self.httpd = _Listener(("127.0.0.1", port), self._handler())
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
@@ -651,6 +655,24 @@ def test_concurrency_is_bounded_by_the_semaphore() -> None:
 
         _run(_with_backend(_config(srv, max_concurrency=3), go))
     assert srv.max_inflight == 3
+
+
+def test_every_connection_of_a_large_pool_is_used_at_once() -> None:
+    """The backend spreads `max_concurrency` connections over several small httpx
+    clients (one large pool costs CPU per request); all of them still carry requests at
+    the same time, and never more."""
+    with FakeServer(delay_s=0.3) as srv:
+        srv.plan = lambda body: []
+
+        async def go(b: OpenAIBackend) -> None:
+            reqs = [
+                GenerateRequest(f"p{i} answer=1\n" + PROMPT_END, None, Sampling(max_tokens=20))
+                for i in range(120)
+            ]
+            await asyncio.gather(*(b.agenerate(r) for r in reqs))
+
+        _run(_with_backend(_config(srv, max_concurrency=45, timeout_s=10.0), go))
+    assert srv.max_inflight == 45
 
 
 def _overrides(srv: FakeServer, store_url: str, *extra: str) -> list[str]:

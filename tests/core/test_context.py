@@ -125,3 +125,47 @@ def test_a_refused_first_call_leaves_no_answer_and_no_error() -> None:
     ctx, _ = context(Budget(tokens=0))
     solution = asyncio.run(run_strategy(YieldingStrategy(None), ctx.problem, ctx))
     assert solution.answer is None and solution.trace["ended_by"] == "budget"
+
+
+class RequestRecorder(ScriptedBackend):
+    """The scripted double, keeping every request the scheduler hands it."""
+
+    def __init__(self, config: ScriptedBackendConfig) -> None:
+        super().__init__(config)
+        self.seen: list[object] = []
+
+    def generate_batch(self, requests):  # type: ignore[no-untyped-def]
+        self.seen.extend(requests)
+        return super().generate_batch(requests)
+
+
+def test_copies_of_one_branch_go_as_one_request_and_keep_their_places() -> None:
+    """A particle filter asks to continue each resampled copy: the copies of a branch
+    are one request of n = copies x n (one prefill, one request), and the children come
+    back in the order asked, n per copy."""
+
+    async def go() -> None:
+        backend = RequestRecorder(ScriptedBackendConfig(steps=3, p_correct=0.5))
+        scheduler = Scheduler(backend, None, max_wait_s=0.0)
+        problem = synthetic_problem()
+        ctx, ledger = wire(problem, scheduler=scheduler, task=SyntheticTask(SyntheticTaskConfig()))
+        a = ctx.extend(ctx.root, "Step 1: ok.\n\n")
+        b = ctx.extend(ctx.root, "Step 1: hmm.\n\n")
+        sampling = Sampling(n=2, max_tokens=40, temperature=1.0)
+        children = await ctx.generate([a, b, a, a], sampling)
+        assert [c.parent_id for c in children] == [a.id] * 2 + [b.id] * 2 + [a.id] * 4
+        assert len({c.id for c in children}) == 8
+        seen = backend.seen
+        assert sorted(r.sampling.n for r in seen) == [2, 6]  # type: ignore[attr-defined]
+        # the copies are samples of their own: the merged request draws 6 different ones
+        merged = next(r for r in seen if r.sampling.n == 6)  # type: ignore[attr-defined]
+        assert len({r.sampling.seed for r in seen}) == 2  # type: ignore[attr-defined]
+        assert merged.prompt.endswith("Step 1: ok.\n\n")  # type: ignore[attr-defined]
+        # the prompt of `a` is prefilled (and charged) once, not once per copy
+        prompts = (
+            2 * len(backend.encode(backend.render(problem))) + len(a.token_ids) + len(b.token_ids)
+        )
+        assert ledger.spent.prefill_tokens == prompts  # type: ignore[attr-defined]
+        assert ledger.spent.tokens == sum(c.new_tokens for c in children)  # type: ignore[attr-defined]
+
+    asyncio.run(go())
