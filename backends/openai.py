@@ -726,8 +726,10 @@ class OpenAIBackend(CodecBackend, Backend):
                     raise _Failure(
                         "bad_response", f"non-JSON stream chunk: {data[:200]!r}", retry=True
                     ) from exc
-                if state.add(chunk, abort, top=self._alternatives):
-                    return  # every sequence ended or was stopped: close the connection
+                if state.add(chunk, abort, top=self._alternatives) and state.stopped:
+                    return  # every sequence ended, some stopped: close the connection
+                # once all ended by themselves, read on: the cache details of the usage
+                # come in the last chunk only
 
     def parse_completion(
         self, request: GenerateRequest, answer: dict[str, Any], latency: float
@@ -919,6 +921,10 @@ class _StreamState:
                 c.stopped = True
                 abort.stopped += 1
         return all(c.done for c in self.choices)
+
+    @property
+    def stopped(self) -> bool:
+        return any(c.stopped for c in self.choices)
 
     def answer(self, abort: Abort) -> dict[str, Any]:
         """The plain-call answer: stopped sequences end `cancelled`; usage from the

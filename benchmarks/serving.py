@@ -10,8 +10,10 @@ with two loops written here.
    (no delimiter), `--width` beams / particles / samples, `--steps` steps.
 3. **Loops** without ttc, the same request pattern as the step searches (per problem,
    `--steps` rounds of `--width` continuations of `--step-tokens` tokens): the *naive*
-   loop solves one problem at a time; the *per-problem* loop runs all problems
-   concurrently, each with its own step barrier, nothing coordinated across problems.
+   loop solves one problem at a time and sends one request at a time (what a loop over
+   a blocking client does); the *one problem at a time* loop sends each round's `--width`
+   requests together; the *per-problem* loop runs all problems concurrently, each with
+   its own step barrier, nothing coordinated across problems.
 
 Printed per strategy: wall seconds (from the backend's start, so server start-up and
 model loading do not count), generated tokens, tok/s, utilisation (tok/s / capacity),
@@ -33,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import sys
 import tempfile
 import time
@@ -100,12 +103,18 @@ class Loops:
         choice = resp.json()["choices"][0]
         return [int(t) for t in choice.get("token_ids") or []]
 
-    async def _problem(self, client: Any, ids: list[int], width: int, steps: int, k: int) -> int:
-        """One problem: `steps` rounds of `width` continuations, a barrier per round."""
+    async def _problem(
+        self, client: Any, ids: list[int], width: int, steps: int, k: int, *, batched: bool = True
+    ) -> int:
+        """One problem: `steps` rounds of `width` continuations, a barrier per round; the
+        round's continuations concurrent (`batched`) or one after the other."""
         branches = [list(ids) for _ in range(width)]
         tokens = 0
         for _ in range(steps):
-            new = await asyncio.gather(*(self._complete(client, b, k) for b in branches))
+            if batched:
+                new = await asyncio.gather(*(self._complete(client, b, k) for b in branches))
+            else:
+                new = [await self._complete(client, b, k) for b in branches]
             for b, t in zip(branches, new, strict=True):
                 b.extend(t)
                 tokens += len(t)
@@ -143,13 +152,17 @@ class Loops:
 
             return await self._timed(all_of())
 
-    async def naive(self, width: int, steps: int, k: int, problems: int) -> tuple[float, int]:
+    async def naive(
+        self, width: int, steps: int, k: int, problems: int, *, batched: bool = False
+    ) -> tuple[float, int]:
+        """One problem at a time; its requests one at a time (the loop a blocking client
+        makes), or each round's `width` requests concurrently (`batched`)."""
         async with await self._client() as client:
 
             async def all_of() -> int:
                 total = 0
                 for ids in self.prompts[:problems]:
-                    total += await self._problem(client, ids, width, steps, k)
+                    total += await self._problem(client, ids, width, steps, k, batched=batched)
                 return total
 
             return await self._timed(all_of())
@@ -240,14 +253,15 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument("--compare-max-tokens", type=int, default=256)
     ap.add_argument(
-        "--compare-thresholds",
-        default="0.95,0.8",
-        help="adaptive_consistency thresholds to compare (beta criterion), comma-separated",
+        "--compare-adaptive",
+        default="threshold=0.95;threshold=0.8,max_samples=6,batch=1",
+        help="adaptive_consistency settings to compare, ';' between rows, ',' between "
+        "strategy.* keys of a row (defaults: max_samples=8, batch=2)",
     )
     ap.add_argument("--compare-few-shot", type=int, default=0, help="its task.few_shot")
     ap.add_argument("--store-dir", help="keep the runs' stores here (default: a temporary folder)")
     args = ap.parse_args(argv)
-    args.server_pid = None
+    args.server_pid = int(os.environ['BENCH_SERVER_PID']) if os.environ.get('BENCH_SERVER_PID') else None
 
     console = Console(width=160)
     # --tokenizer '': none (the server's /tokenize)
@@ -328,8 +342,11 @@ def measure(args: Any, base_url: str, tokenizer: str, console: Console) -> dict[
     console.print("warming up and measuring capacity ...")
     asyncio.run(loops.capacity(1, 1, 4))  # first requests: compile/allocate, not timed
     out["capacity"] = asyncio.run(loops.capacity(w, s, k))
+    few = min(args.naive_problems, args.problems)
     console.print("naive loop ...")
-    out["naive"] = asyncio.run(loops.naive(w, s, k, min(args.naive_problems, args.problems)))
+    out["naive"] = asyncio.run(loops.naive(w, s, k, few))
+    console.print("one-problem-at-a-time loop ...")
+    out["one_problem"] = asyncio.run(loops.naive(w, s, k, few, batched=True))
     console.print("per-problem concurrent loop ...")
     out["per_problem"] = asyncio.run(loops.per_problem(w, s, k))
     inflight = max(256, w * args.problems)
@@ -370,10 +387,15 @@ def compare(args: Any, base_url: str, tokenizer: str, console: Console) -> list[
                 "strategy=self_consistency", "strategy.n=8", f"strategy.max_tokens={mt}",
             ],
         }  # fmt: skip
-        for threshold in (float(t) for t in args.compare_thresholds.split(",") if t.strip()):
-            jobs[f"adaptive_consistency (cancel, max 8, threshold {threshold:g})"] = [
-                "strategy=adaptive_consistency", "strategy.max_samples=8", "strategy.batch=2",
-                f"strategy.threshold={threshold}", f"strategy.max_tokens={mt}",
+        for row in (r.strip() for r in args.compare_adaptive.split(";")):
+            if not row:
+                continue
+            keys = {"max_samples": "8", "batch": "2"}
+            keys.update(kv.strip().split("=", 1) for kv in row.split(","))  # type: ignore[misc]
+            label = ", ".join(f"{k} {v}" for k, v in keys.items())
+            jobs[f"adaptive_consistency ({label})"] = [
+                "strategy=adaptive_consistency", f"strategy.max_tokens={mt}",
+                *(f"strategy.{k}={v}" for k, v in keys.items()),
             ]  # fmt: skip
         for label, strategy in jobs.items():
             console.print(f"compare: {label} ...")
@@ -395,7 +417,8 @@ def report_compare(args: Any, rows: list[dict[str, Any]], flags: str, console: C
     n = args.compare_problems
     shots = f", {args.compare_few_shot}-shot" if args.compare_few_shot else ""
     table = Table(title=f"{n} arith problems (levels 1-2{shots}), {args.model}, {flags}")
-    for col in ("strategy", "accuracy", "95% CI", "gen tokens", "samples", "wall s"):
+    cols = ("strategy", "accuracy", "95% CI", "gen tokens", "samples", "wall s", "tok/s")
+    for col in (*cols, "CPU client/server"):
         table.add_column(col, justify="right")
     base = rows[0]
     for r in rows:
@@ -404,7 +427,8 @@ def report_compare(args: Any, rows: list[dict[str, Any]], flags: str, console: C
         lo, hi = _wilson(acc, n)
         table.add_row(
             r["name"], f"{acc:.3f}", f"{lo:.3f}-{hi:.3f}", str(t["tokens"]), str(t["samples"]),
-            f"{r['wall']:.1f}",
+            f"{r['wall']:.1f}", f"{t['tokens'] / r['wall']:.1f}",
+            f"{r['client_cpu'] / r['wall']:.2f}/{r['server_cpu'] / r['wall']:.2f}",
         )  # fmt: skip
     console.print(table)
     for r in rows[1:]:
@@ -419,16 +443,19 @@ def report(args: Any, res: dict[str, Any], flags: str, console: Console) -> None
     cap_wall, cap_tokens = res["capacity"]
     capacity = cap_tokens / cap_wall
     naive = res["naive"][1] / res["naive"][0]
+    one_problem = res["one_problem"][1] / res["one_problem"][0]
     per_problem = res["per_problem"][1] / res["per_problem"][0]
     title = (
         f"{args.problems} arith problems, {args.model}, width {args.width}, {args.steps} steps "
-        f"of {args.step_tokens} tokens; capacity {capacity:.1f} tok/s, naive loop {naive:.1f} "
-        f"tok/s, per-problem loop {per_problem:.1f} tok/s"
+        f"of {args.step_tokens} tokens; capacity {capacity:.1f} tok/s; loops: naive "
+        f"{naive:.1f}, one problem at a time {one_problem:.1f}, per-problem {per_problem:.1f} "
+        "tok/s"
     )
     table = Table(title=title)
     cols = (
         "strategy", "wall s", "gen tokens", "tok/s", "utilisation", "prefix hit",
-        "x naive", "x per-problem", "overhead", "in flight mean/max", "CPU client/server",
+        "x naive", "x one problem", "x per-problem", "overhead", "in flight mean/max",
+        "CPU client/server",
     )  # fmt: skip
     for col in cols:
         table.add_column(col, justify="right")
@@ -441,7 +468,8 @@ def report(args: Any, res: dict[str, Any], flags: str, console: Console) -> None
         table.add_row(
             r["name"], f"{r['wall']:.1f}", str(t["tokens"]), f"{rate:.1f}",
             f"{rate / capacity:.2f}", f"{hit:.2f}", f"{rate / naive:.2f}",
-            f"{rate / per_problem:.2f}", f"{r['wall'] / max(r['busy'], 1e-9):.3f}",
+            f"{rate / one_problem:.2f}", f"{rate / per_problem:.2f}",
+            f"{r['wall'] / max(r['busy'], 1e-9):.3f}",
             f"{r['mean_inflight']:.1f}/{r['inflight']}",
             f"{r['client_cpu'] / r['wall']:.2f}/{r['server_cpu'] / r['wall']:.2f}",
         )  # fmt: skip

@@ -286,7 +286,9 @@ class FakeServer:
                         "top_logprobs": [rows[pos]] if rows else None,
                     }
                 sent += 1
-                chunk_usage = {**usage, "completion_tokens": sent}
+                # vLLM's running usage: counts only; the cache details come in the last chunk
+                running = {k: v for k, v in usage.items() if k != "prompt_tokens_details"}
+                chunk_usage = {**running, "completion_tokens": sent}
                 yield {"id": "cmpl-s", "choices": [part], "usage": chunk_usage}, 1
         yield {"id": "cmpl-s", "choices": [], "usage": usage}, 0
 

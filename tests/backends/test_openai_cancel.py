@@ -111,6 +111,9 @@ def test_a_stream_that_is_not_stopped_equals_the_plain_call(server: FakeServer) 
     assert streamed.generations == plain.generations
     assert streamed.usage.completion_tokens == plain.usage.completion_tokens
     assert streamed.usage.prompt_tokens == plain.usage.prompt_tokens
+    # the prompt was seen before: cached, as the stream's last chunk reports it
+    assert plain.usage.cached_prompt_tokens == 0
+    assert streamed.usage.cached_prompt_tokens == streamed.usage.prompt_tokens
 
 
 def _run_overrides(server: FakeServer, store_url: str, *extra: str) -> list[str]:
