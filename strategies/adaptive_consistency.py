@@ -150,6 +150,7 @@ class AdaptiveConsistency(Strategy):
             sampling_for(ctx, c, 1),
             window=max(c.batch, c.min_samples - len(samples)),
             total=c.max_samples - len(samples),
+            together=c.min_samples - len(samples),  # none is looked at before all are in
         )
         stop = "max_samples"
         try:

@@ -117,7 +117,9 @@ class DeepConf(Strategy):
     async def solve(self, problem: Problem, ctx: SolveContext) -> AsyncIterator[Solution]:
         c = self.config
         sampling = self._sampling()
-        warm = SampleStream(ctx, sampling, window=c.warmup, total=min(c.warmup, c.max_samples))
+        warm = SampleStream(
+            ctx, sampling, window=c.warmup, total=min(c.warmup, c.max_samples), together=c.warmup
+        )
         warmup: list[Branch] = []
         try:
             while (drawn := await warm.next()) is not None:

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import ttc
@@ -19,9 +19,21 @@ from ttc.testing import (
     SyntheticTask,
     SyntheticTaskConfig,
 )
-from ttc.types import Problem
+from ttc.types import GenerateRequest, GenerateResult, Problem
 
 __all__ = ["BATCH_SIZES"]
+
+
+class RequestRecorder(ScriptedBackend):
+    """The scripted double, keeping every request the scheduler hands it (`seen`)."""
+
+    def __init__(self, config: ScriptedBackendConfig) -> None:
+        super().__init__(config)
+        self.seen: list[GenerateRequest] = []
+
+    def generate_batch(self, requests: Sequence[GenerateRequest]) -> list[GenerateResult]:
+        self.seen.extend(requests)
+        return super().generate_batch(requests)
 
 
 @dataclass

@@ -257,19 +257,20 @@ class FakeServer:
 
     def chunks(
         self, answer: dict[str, Any], body: dict[str, Any]
-    ) -> Iterator[tuple[dict[str, Any], int]]:
-        """The stream of a completion: `(chunk, tokens in it)`, one token per chunk, the
-        choices interleaved; logprobs with top-k alternatives whose confidence follows
-        whether the trace's answer is right, noisily (`confidence_of`)."""
+    ) -> Iterator[tuple[dict[str, Any], int, bool]]:
+        """The stream of a completion: `(chunk, tokens in it, whether an engine step ends
+        with it)`, one token per chunk, the choices interleaved (an engine step makes one
+        token of every running sequence); logprobs with top-k alternatives whose
+        confidence follows whether the trace's answer is right, noisily
+        (`confidence_of`)."""
         choices = sorted(answer["choices"], key=lambda c: c["index"])
         usage = dict(answer["usage"])
         sent = 0
         longest = max(len(c["text"]) for c in choices)
         for pos in range(longest):
-            for c in choices:
+            running = [c for c in choices if pos < len(c["text"])]
+            for c in running:
                 text = c["text"]
-                if pos >= len(text):
-                    continue
                 last = pos == len(text) - 1
                 part: dict[str, Any] = {
                     "index": c["index"],
@@ -287,10 +288,11 @@ class FakeServer:
                     }
                 sent += 1
                 # vLLM's running usage: counts only; the cache details come in the last chunk
-                running = {k: v for k, v in usage.items() if k != "prompt_tokens_details"}
-                chunk_usage = {**running, "completion_tokens": sent}
-                yield {"id": "cmpl-s", "choices": [part], "usage": chunk_usage}, 1
-        yield {"id": "cmpl-s", "choices": [], "usage": usage}, 0
+                counts = {k: v for k, v in usage.items() if k != "prompt_tokens_details"}
+                chunk_usage = {**counts, "completion_tokens": sent}
+                step_ends = c is running[-1]
+                yield {"id": "cmpl-s", "choices": [part], "usage": chunk_usage}, 1, step_ends
+        yield {"id": "cmpl-s", "choices": [], "usage": usage}, 0, False
 
     def logprobs_of(self, prompt: str, text: str, body: dict[str, Any]) -> dict[str, Any]:
         """The `logprobs` of a choice: each token's, and its top-k alternatives when more
@@ -368,18 +370,18 @@ class FakeServer:
                     self.send_response(200)
                     self.send_header("Content-Type", "text/event-stream")
                     self.end_headers()
-                    for chunk, _ in chunks:
+                    for chunk, _, step_ends in chunks:
                         self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
                         self.wfile.flush()
                         sent += 1
-                        if pace:
+                        if pace and step_ends:
                             time.sleep(pace)
                     self.wfile.write(b"data: [DONE]\n\n")
                     self.wfile.flush()
                 except (BrokenPipeError, ConnectionResetError):
                     with server.lock:
                         server.disconnects += 1
-                        server.unsent_tokens += sum(n for _, n in chunks[sent:])
+                        server.unsent_tokens += sum(n for _, n, _ in chunks[sent:])
 
             def do_GET(self) -> None:
                 server.auth.add(self.headers.get("Authorization"))

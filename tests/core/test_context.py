@@ -22,6 +22,8 @@ from ttc.testing import (
 )
 from ttc.types import Problem, Sampling, Solution
 
+from doubles import RequestRecorder
+
 WHOLE = Sampling(n=1, max_tokens=40)
 
 
@@ -127,18 +129,6 @@ def test_a_refused_first_call_leaves_no_answer_and_no_error() -> None:
     assert solution.answer is None and solution.trace["ended_by"] == "budget"
 
 
-class RequestRecorder(ScriptedBackend):
-    """The scripted double, keeping every request the scheduler hands it."""
-
-    def __init__(self, config: ScriptedBackendConfig) -> None:
-        super().__init__(config)
-        self.seen: list[object] = []
-
-    def generate_batch(self, requests):  # type: ignore[no-untyped-def]
-        self.seen.extend(requests)
-        return super().generate_batch(requests)
-
-
 def test_copies_of_one_branch_go_as_one_request_and_keep_their_places() -> None:
     """A particle filter asks to continue each resampled copy: the copies of a branch
     are one request of n = copies x n (one prefill, one request), and the children come
@@ -156,11 +146,11 @@ def test_copies_of_one_branch_go_as_one_request_and_keep_their_places() -> None:
         assert [c.parent_id for c in children] == [a.id] * 2 + [b.id] * 2 + [a.id] * 4
         assert len({c.id for c in children}) == 8
         seen = backend.seen
-        assert sorted(r.sampling.n for r in seen) == [2, 6]  # type: ignore[attr-defined]
-        # the copies are samples of their own: the merged request draws 6 different ones
-        merged = next(r for r in seen if r.sampling.n == 6)  # type: ignore[attr-defined]
-        assert len({r.sampling.seed for r in seen}) == 2  # type: ignore[attr-defined]
-        assert merged.prompt.endswith("Step 1: ok.\n\n")  # type: ignore[attr-defined]
+        assert sorted(r.sampling.n for r in seen) == [2, 6]
+        # one seed per request: the engine draws the merged request's 6 sequences apart
+        merged = next(r for r in seen if r.sampling.n == 6)
+        assert len({r.sampling.seed for r in seen}) == 2
+        assert merged.prompt.endswith("Step 1: ok.\n\n")
         # the prompt of `a` is prefilled (and charged) once, not once per copy
         prompts = (
             2 * len(backend.encode(backend.render(problem))) + len(a.token_ids) + len(b.token_ids)

@@ -53,3 +53,35 @@ def test_stops_early_when_easy_and_keeps_sc_accuracy(criterion: str) -> None:
         assert t["ended_by"] in ("confident", "max_samples")
         if t["ended_by"] == "confident":
             assert t["confidence"][-1] >= 0.95 and all(c < 0.95 for c in t["confidence"][:-1])
+
+
+def test_the_samples_needed_before_any_check_are_one_request() -> None:
+    """With cancellation, the `min_samples` drawn before the criterion is first checked
+    go as one request of n = min_samples; every later sample is a request of its own
+    (so each can be judged as it ends and the rest aborted)."""
+    import asyncio
+
+    from ttc.context import run_strategy
+    from ttc.scheduler import Scheduler
+    from ttc.testing import (
+        ScriptedBackendConfig,
+        SyntheticTask,
+        SyntheticTaskConfig,
+        synthetic_problem,
+        wire,
+    )
+
+    from doubles import RequestRecorder
+
+    backend = RequestRecorder(ScriptedBackendConfig(steps=0, p_correct=0.4))
+    problem = synthetic_problem()
+    ctx, _ = wire(
+        problem,
+        scheduler=Scheduler(backend, None, max_wait_s=0.0),
+        task=SyntheticTask(SyntheticTaskConfig()),
+    )
+    cfg = AdaptiveConsistencyConfig(min_samples=3, batch=4, max_samples=12, threshold=0.99)
+    found = asyncio.run(run_strategy(AdaptiveConsistency(cfg), problem, ctx))
+    sizes = [r.sampling.n for r in backend.seen]
+    assert sizes[0] == 3 and set(sizes[1:]) == {1}
+    assert sum(sizes) == 12 and found.trace["n"] == 12  # p_correct 0.4: never confident
