@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import sys
 import tempfile
 import time
@@ -260,8 +259,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument("--compare-few-shot", type=int, default=0, help="its task.few_shot")
     ap.add_argument("--store-dir", help="keep the runs' stores here (default: a temporary folder)")
+    ap.add_argument(
+        "--server-pid", type=int, help="with --base-url: the server's process, for its CPU time"
+    )
     args = ap.parse_args(argv)
-    args.server_pid = int(os.environ['BENCH_SERVER_PID']) if os.environ.get('BENCH_SERVER_PID') else None
 
     console = Console(width=160)
     # --tokenizer '': none (the server's /tokenize)

@@ -15,7 +15,8 @@ answer is the model's most likely answer, and sampling stops once it reaches
 Easy problems (one dominant answer) stop after a round or two; ambiguous ones use the
 budget. The answer is the plurality of all samples drawn.
 
-With `cancel` (the default) samples are drawn one request each with `batch` of them in
+With `cancel` (the default) the first `min_samples` are one request (none is judged
+before all are in), then samples are drawn one request each with `batch` of them in
 flight (`ttc.strategies.sample_stream`), the criterion is checked as each arrives (in
 draw order: the answer depends on the seeds, not on timing), and once it is met the
 samples still running are aborted: their generated tokens are charged, the rest never
@@ -43,7 +44,7 @@ class AdaptiveConsistencyConfig(SampleConfig):
     name: str = "adaptive_consistency"
     criterion: str = bounded("beta", choices=["beta", "dirichlet", "majority"])
     threshold: float = bounded(0.95, gt=0.0, lt=1.0, help="stop when P(leader wins) >= this")
-    batch: int = bounded(2, ge=1, help="samples per round (with cancel: samples in flight)")
+    batch: int = bounded(2, ge=1, help="samples per round (with cancel: in flight)")
     min_samples: int = bounded(2, ge=1, help="samples before the criterion is checked")
     max_samples: int = bounded(16, ge=1, help="samples at most")
     alpha: float = bounded(1.0, gt=0.0, help="Dirichlet prior concentration per answer")
@@ -148,9 +149,9 @@ class AdaptiveConsistency(Strategy):
         stream = SampleStream(
             ctx,
             sampling_for(ctx, c, 1),
-            window=max(c.batch, c.min_samples - len(samples)),
+            window=c.batch,
             total=c.max_samples - len(samples),
-            together=c.min_samples - len(samples),  # none is looked at before all are in
+            together=c.min_samples - len(samples),  # none is judged before all are in
         )
         stop = "max_samples"
         try:

@@ -11,7 +11,8 @@ depends on the seeds only, never on timing.
 The first `together` samples, the ones the strategy needs before it decides anything
 (`adaptive_consistency`'s `min_samples`, `deepconf`'s warm-up), are one request of
 `n = together`: one prefill and one request instead of one each. Every other sample is
-a request of its own, so that each can be looked at as soon as it ends.
+a request of its own, so that each can be looked at as soon as it ends; `window` of
+them are in flight (the opening group counts while it runs).
 """
 
 from __future__ import annotations
@@ -54,14 +55,24 @@ class SampleStream:
         """Finished samples of a call not handed out yet (a call of several samples)."""
 
     def _top_up(self) -> None:
-        free = min(self.window - self._running - len(self._ready), self.total - self.launched)
-        while free > 0:
-            n = min(self.together, free) if self.launched == 0 else 1
-            call = self.ctx.generate([self.ctx.root], self.sampling.replace(n=n), abort=self.abort)
-            self._pending.append((asyncio.ensure_future(call), n))
-            self._running += n
-            self.launched += n
-            free -= n
+        """Fill the window: first the opening group (one request of `together`) and
+        singles up to `window`; later one single per free place. Not while samples of
+        a call are still being handed out: the strategy has not judged them yet, and
+        they ended together, so a sample started now would overlap none of them."""
+        if self._ready:
+            return
+        free = min(self.window - self._running, self.total - self.launched)
+        if self.launched == 0 and self.total > 0:
+            self._launch(min(self.together, self.total))
+            free = min(self.window - self._running, self.total - self.launched)
+        for _ in range(max(free, 0)):
+            self._launch(1)
+
+    def _launch(self, n: int) -> None:
+        call = self.ctx.generate([self.ctx.root], self.sampling.replace(n=n), abort=self.abort)
+        self._pending.append((asyncio.ensure_future(call), n))
+        self._running += n
+        self.launched += n
 
     async def next(self) -> Branch | None:
         """The next finished sample in draw order, skipping those the abort's `watch`
