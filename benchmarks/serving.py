@@ -253,11 +253,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--compare-max-tokens", type=int, default=256)
     ap.add_argument(
         "--compare-adaptive",
-        default="threshold=0.95;threshold=0.8,max_samples=6,batch=1",
+        default="threshold=0.95;threshold=0.8,max_samples=6;threshold=0.8,max_samples=4",
         help="adaptive_consistency settings to compare, ';' between rows, ',' between "
         "strategy.* keys of a row (defaults: max_samples=8, batch=2)",
     )
-    ap.add_argument("--compare-few-shot", type=int, default=0, help="its task.few_shot")
+    ap.add_argument(
+        "--compare-few-shot",
+        type=int,
+        default=2,
+        help="its task.few_shot (with 2 examples smollm2-135m's answers agree often enough "
+        "to decide early; without, they rarely agree)",
+    )
     ap.add_argument("--store-dir", help="keep the runs' stores here (default: a temporary folder)")
     ap.add_argument(
         "--server-pid", type=int, help="with --base-url: the server's process, for its CPU time"
