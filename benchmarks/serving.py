@@ -97,7 +97,16 @@ class Loops:
             "model": self.model, "prompt": ids, "max_tokens": max_tokens, "temperature": 0.8,
             "ignore_eos": True, "return_token_ids": True,
         }  # fmt: skip
-        resp = await client.post(f"{self.base_url}/completions", json=body)
+        import httpx
+
+        for attempt in range(3):
+            try:
+                resp = await client.post(f"{self.base_url}/completions", json=body)
+                break
+            except (httpx.ReadError, httpx.RemoteProtocolError):
+                # the server closed an idle keep-alive connection as it was reused
+                if attempt == 2:
+                    raise
         resp.raise_for_status()
         choice = resp.json()["choices"][0]
         return [int(t) for t in choice.get("token_ids") or []]

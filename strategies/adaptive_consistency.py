@@ -50,8 +50,9 @@ class AdaptiveConsistencyConfig(SampleConfig):
     alpha: float = bounded(1.0, gt=0.0, help="Dirichlet prior concentration per answer")
     mc_draws: int = bounded(2000, ge=10, help="Monte Carlo draws of the Dirichlet criterion")
     cancel: bool = True
-    """Keep `batch` samples in flight, check after each, abort the running ones once the
-    criterion is met (false: rounds of `batch`, each one request that runs to its end)."""
+    """Draw the first `min_samples` as one request, then keep `batch` samples in flight,
+    check after each, abort the running ones once the criterion is met (false: rounds of
+    `batch`, each one request that runs to its end)."""
 
 
 def beta_exceeds_half(a: int, b: int) -> float:
