@@ -70,7 +70,10 @@ class SolveContext(Protocol):
         `model`: one of `models` (None: the run's policy); a second model continues the
         branch's text and is charged at its own shape (see `Strategy.models`).
         `abort` (`ttc.cancel.Abort`) stops sequences mid-way: they come back with
-        `finish_reason="cancelled"` and only their generated tokens are charged."""
+        `finish_reason="cancelled"` and only their generated tokens are charged.
+        A branch listed k times (copies, as a particle filter resamples them) is one
+        request of `k * sampling.n` sequences: one prefill; its children still come back
+        in the places asked, `sampling.n` per copy."""
         ...
 
     @property
