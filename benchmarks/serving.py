@@ -279,7 +279,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = ap.parse_args(argv)
 
-    console = Console(width=160)
+    console = Console(width=200)
     # --tokenizer '': none (the server's /tokenize)
     tokenizer = args.model if args.tokenizer is None else args.tokenizer
     server = None
