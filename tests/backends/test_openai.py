@@ -650,15 +650,18 @@ def test_concurrency_is_bounded_by_the_semaphore() -> None:
     with FakeServer(delay_s=0.05) as srv:
         srv.plan = lambda body: []
 
-        async def go(b: OpenAIBackend) -> None:
+        async def go(b: OpenAIBackend) -> Any:
             reqs = [
                 GenerateRequest(f"p{i} answer=1\n" + PROMPT_END, None, Sampling(max_tokens=20))
                 for i in range(20)
             ]
             await asyncio.gather(*(b.agenerate(r) for r in reqs))
+            return b.stats
 
-        _run(_with_backend(_config(srv, max_concurrency=3), go))
-    assert srv.max_inflight == 3
+        stats = _run(_with_backend(_config(srv, max_concurrency=3), go))
+    assert srv.max_inflight == 3 and stats.max_inflight == 3
+    # 20 requests, 3 at a time: the time-weighted mean in flight is close to 3, never above
+    assert 2.0 < stats.inflight_s / stats.busy_s <= 3.0 + 1e-9
 
 
 def test_every_connection_of_a_large_pool_is_used_at_once() -> None:
