@@ -48,7 +48,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -132,6 +132,9 @@ class OpenAIBackendConfig(BackendConfig):
     """Where converted models live (for `tokenizer`); default $TTC_CACHE_DIR or ~/.cache/ttc."""
 
 
+_nothing = contextlib.nullcontext
+
+
 class _ClientShards:
     """`total` connections as httpx clients of at most `SIZE` connections each; a request
     leases the client with the most free connections. httpcore scans every connection of
@@ -179,7 +182,8 @@ class RequestStats:
         default_factory=lambda: collections.deque(maxlen=20)
     )
     inflight: int = 0
-    """Completion requests in flight now."""
+    """Completion requests on the wire now (sent and not answered yet; one waiting for
+    a free connection or for its retry does not count)."""
     max_inflight: int = 0
     busy_s: float = 0.0
     """Seconds during which at least one completion request was in flight (the union of
@@ -195,6 +199,14 @@ class RequestStats:
         self.inflight_s += self.inflight * (now - self._changed_at)
         self._changed_at = now
         return now
+
+    @contextlib.contextmanager
+    def sending(self) -> Iterator[None]:
+        self.began()
+        try:
+            yield
+        finally:
+            self.ended()
 
     def began(self) -> None:
         now = self._advance()
@@ -560,7 +572,8 @@ class OpenAIBackend(CodecBackend, Backend):
             self.stats.attempts += 1
             try:
                 async with self._sem, self._client.lease() as client:
-                    resp = await client.request(method, path, json=body)
+                    with self.stats.sending() if path == "completions" else _nothing():
+                        resp = await client.request(method, path, json=body)
                 self._answered()
                 failure = _classify_response(resp)
                 if failure is None:
@@ -656,14 +669,10 @@ class OpenAIBackend(CodecBackend, Backend):
     async def agenerate(self, request: GenerateRequest) -> GenerateResult:
         body = self.completion_body(request)
         t0 = time.perf_counter()
-        self.stats.began()
-        try:
-            if request.abort is not None:
-                answer = await self._stream(request, body)
-            else:
-                answer = await self._request("POST", "completions", body)
-        finally:
-            self.stats.ended()
+        if request.abort is not None:
+            answer = await self._stream(request, body)
+        else:
+            answer = await self._request("POST", "completions", body)
         latency = time.perf_counter() - t0
         return await asyncio.to_thread(self.parse_completion, request, answer, latency)
 
@@ -693,7 +702,8 @@ class OpenAIBackend(CodecBackend, Backend):
             self.stats.attempts += 1
             try:
                 async with self._sem, self._client.lease() as client:
-                    await until_aborted(self._read_stream(client, body, state, abort), abort)
+                    with self.stats.sending():
+                        await until_aborted(self._read_stream(client, body, state, abort), abort)
                 return state.answer(abort)
             except _Failure as exc:
                 failure = exc
