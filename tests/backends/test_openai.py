@@ -31,7 +31,7 @@ from typing import Any
 
 import pytest
 
-from ttc.backends.openai import OpenAIBackend, OpenAIBackendConfig
+from ttc.backends.openai import OpenAIBackend, OpenAIBackendConfig, RequestStats
 from ttc.errors import BackendError, ConfigError
 from ttc.launch import compose
 from ttc.runner import Runner
@@ -646,19 +646,24 @@ def test_hosted_api_style_server_without_extensions() -> None:
         assert bytes(g.token_ids).decode() == g.text
 
 
+def _many_at_once(srv: FakeServer, count: int, **config: Any) -> RequestStats:
+    """`count` completions sent together through a backend of `config`; its stats."""
+
+    async def go(b: OpenAIBackend) -> Any:
+        reqs = [
+            GenerateRequest(f"p{i} answer=1\n" + PROMPT_END, None, Sampling(max_tokens=20))
+            for i in range(count)
+        ]
+        await asyncio.gather(*(b.agenerate(r) for r in reqs))
+        return b.stats
+
+    srv.plan = lambda body: []
+    return _run(_with_backend(_config(srv, **config), go))  # type: ignore[no-any-return]
+
+
 def test_concurrency_is_bounded_by_the_semaphore() -> None:
     with FakeServer(delay_s=0.05) as srv:
-        srv.plan = lambda body: []
-
-        async def go(b: OpenAIBackend) -> Any:
-            reqs = [
-                GenerateRequest(f"p{i} answer=1\n" + PROMPT_END, None, Sampling(max_tokens=20))
-                for i in range(20)
-            ]
-            await asyncio.gather(*(b.agenerate(r) for r in reqs))
-            return b.stats
-
-        stats = _run(_with_backend(_config(srv, max_concurrency=3), go))
+        stats = _many_at_once(srv, 20, max_concurrency=3)
     assert srv.max_inflight == 3 and stats.max_inflight == 3
     # 20 requests, 3 at a time: the time-weighted mean in flight is close to 3, never above
     assert 2.0 < stats.inflight_s / stats.busy_s <= 3.0 + 1e-9
@@ -669,16 +674,7 @@ def test_every_connection_of_a_large_pool_is_used_at_once() -> None:
     clients (one large pool costs CPU per request); all of them still carry requests at
     the same time, and never more."""
     with FakeServer(delay_s=0.3) as srv:
-        srv.plan = lambda body: []
-
-        async def go(b: OpenAIBackend) -> None:
-            reqs = [
-                GenerateRequest(f"p{i} answer=1\n" + PROMPT_END, None, Sampling(max_tokens=20))
-                for i in range(120)
-            ]
-            await asyncio.gather(*(b.agenerate(r) for r in reqs))
-
-        _run(_with_backend(_config(srv, max_concurrency=45, timeout_s=10.0), go))
+        _many_at_once(srv, 120, max_concurrency=45, timeout_s=10.0)
     assert srv.max_inflight == 45
 
 
