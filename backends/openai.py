@@ -132,9 +132,6 @@ class OpenAIBackendConfig(BackendConfig):
     """Where converted models live (for `tokenizer`); default $TTC_CACHE_DIR or ~/.cache/ttc."""
 
 
-_nothing = contextlib.nullcontext
-
-
 class _ClientShards:
     """`total` connections as httpx clients of at most `SIZE` connections each; a request
     leases the client with the most free connections. httpcore scans every connection of
@@ -145,9 +142,8 @@ class _ClientShards:
     SIZE = 32
 
     def __init__(self, make: Callable[[int], httpx.AsyncClient], total: int) -> None:
-        sizes = [self.SIZE] * (total // self.SIZE) + (
-            [total % self.SIZE] if total % self.SIZE else []
-        )
+        whole, rest = divmod(total, self.SIZE)
+        sizes = [self.SIZE] * whole + ([rest] if rest else [])
         self.clients = [make(size) for size in sizes]
         self.free = list(sizes)
 
@@ -565,6 +561,7 @@ class OpenAIBackend(CodecBackend, Backend):
         if self._client is None or self._sem is None:
             raise BackendError("the openai backend is not started", hint="await backend.start()")
         what = f"{method} {self.config.base_url.rstrip('/')}/{path}"
+        counted = path == "completions"  # the requests `stats.inflight` counts
         self.stats.requests += 1
         attempt = 0
         while True:
@@ -572,7 +569,7 @@ class OpenAIBackend(CodecBackend, Backend):
             self.stats.attempts += 1
             try:
                 async with self._sem, self._client.lease() as client:
-                    with self.stats.sending() if path == "completions" else _nothing():
+                    with self.stats.sending() if counted else contextlib.nullcontext():
                         resp = await client.request(method, path, json=body)
                 self._answered()
                 failure = _classify_response(resp)

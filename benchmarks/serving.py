@@ -42,6 +42,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 from rich.console import Console
 from rich.table import Table
 
@@ -97,8 +98,6 @@ class Loops:
             "model": self.model, "prompt": ids, "max_tokens": max_tokens, "temperature": 0.8,
             "ignore_eos": True, "return_token_ids": True,
         }  # fmt: skip
-        import httpx
-
         for attempt in range(3):
             try:
                 resp = await client.post(f"{self.base_url}/completions", json=body)
@@ -134,8 +133,6 @@ class Loops:
         return time.perf_counter() - t0, int(tokens)
 
     async def _client(self) -> Any:
-        import httpx
-
         return httpx.AsyncClient(
             timeout=httpx.Timeout(600.0),
             limits=httpx.Limits(max_connections=4096, max_keepalive_connections=4096),
@@ -429,6 +426,11 @@ def _wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
     return centre - half, centre + half
 
 
+def _cores(row: dict[str, Any]) -> str:
+    """The cores the client and the server used during a run, on average."""
+    return f"{row['client_cpu'] / row['wall']:.2f}/{row['server_cpu'] / row['wall']:.2f}"
+
+
 def report_compare(args: Any, rows: list[dict[str, Any]], flags: str, console: Console) -> None:
     n = args.compare_problems
     shots = f", {args.compare_few_shot}-shot" if args.compare_few_shot else ""
@@ -443,8 +445,7 @@ def report_compare(args: Any, rows: list[dict[str, Any]], flags: str, console: C
         lo, hi = _wilson(acc, n)
         table.add_row(
             r["name"], f"{acc:.3f}", f"{lo:.3f}-{hi:.3f}", str(t["tokens"]), str(t["samples"]),
-            f"{r['wall']:.1f}", f"{t['tokens'] / r['wall']:.1f}",
-            f"{r['client_cpu'] / r['wall']:.2f}/{r['server_cpu'] / r['wall']:.2f}",
+            f"{r['wall']:.1f}", f"{t['tokens'] / r['wall']:.1f}", _cores(r),
         )  # fmt: skip
     console.print(table)
     for r in rows[1:]:
@@ -486,8 +487,7 @@ def report(args: Any, res: dict[str, Any], flags: str, console: Console) -> None
             f"{rate / capacity:.2f}", f"{hit:.2f}", f"{rate / naive:.2f}",
             f"{rate / one_problem:.2f}", f"{rate / per_problem:.2f}",
             f"{r['wall'] / max(r['busy'], 1e-9):.3f}",
-            f"{r['mean_inflight']:.1f}/{r['inflight']}",
-            f"{r['client_cpu'] / r['wall']:.2f}/{r['server_cpu'] / r['wall']:.2f}",
+            f"{r['mean_inflight']:.1f}/{r['inflight']}", _cores(r),
         )  # fmt: skip
     console.print(table)
     console.print(f"server: {flags}")

@@ -384,8 +384,9 @@ class ProblemContext:
             )
             mine: list[Branch] = []
             for j, position in enumerate(at):  # copy j gets the j-th n of the samples
-                share = range(j * sampling.n, (j + 1) * sampling.n)
-                gens = [result.generations[g] for g in share if g < len(kept) and kept[g]]
+                share = slice(j * sampling.n, (j + 1) * sampling.n)
+                ours = zip(result.generations[share], kept[share], strict=True)
+                gens = [g for g, k in ours if k]
                 pairs = [(self._child(parent, g, recode=route is not None), g) for g in gens]
                 placed[position] = pairs
                 mine += [child for child, _ in pairs]

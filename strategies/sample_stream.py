@@ -61,11 +61,9 @@ class SampleStream:
         they ended together, so a sample started now would overlap none of them."""
         if self._ready:
             return
-        free = min(self.window - self._running, self.total - self.launched)
         if self.launched == 0 and self.total > 0:
             self._launch(min(self.together, self.total))
-            free = min(self.window - self._running, self.total - self.launched)
-        for _ in range(max(free, 0)):
+        for _ in range(min(self.window - self._running, self.total - self.launched)):
             self._launch(1)
 
     def _launch(self, n: int) -> None:
